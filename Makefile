@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# GPU users: make setup PADDLE=paddlepaddle-gpu==3.3.1 PADDLE_INDEX=<paddle's CUDA wheel index>
+PADDLE ?=
+PADDLE_INDEX ?=
+
+.PHONY: setup test demo clean bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@if [ -n "$(PADDLE)" ]; then $(PY) -m pip install --quiet "$(PADDLE)" $(if $(PADDLE_INDEX),-i $(PADDLE_INDEX)); fi
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m alignment.tools.demo
+
+bench: $(STAMP)
+	$(PY) bench/dpo_step.py
+	$(PY) bench/ppo_step.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache log demo_output

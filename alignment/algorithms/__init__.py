@@ -1,0 +1,37 @@
+"""Pure tensor maths of alignment, registered by name (see ``registry``).
+
+Kinds and what they hold:
+    preference   paired DPO-family losses (and the ``sft`` NLL term) on sequence log-probs
+    unpaired     KTO-style unpaired losses
+    reference_free  CPO / SimPO / ORPO preference terms that need no reference model
+    reward       pairwise reward-model losses
+    policy       PPO-style policy-gradient losses
+    value        critic (value) losses
+    advantage    advantage estimators (gae, grpo, dr_grpo, rloo, reinforce_plus_plus)
+    kl           KL estimators (k1, k2, k3)
+    distill      GKD divergences
+    normalizer   score normalisers (RunningMeanStd, ExponentialMovingAverage)
+    aggregation  loss-aggregation modes
+
+Usage::
+
+    import alignment.algorithms as a
+    a.available("preference")          # sorted names
+    loss_fn = a.get("preference", "sigmoid")
+"""
+
+from .registry import available, get, kinds, register  # noqa: F401
+
+# Importing the modules registers their functions.
+from . import (  # noqa: F401,E402
+    advantages,
+    aggregation,
+    distill,
+    kl,
+    normalizers,
+    policy,
+    preference,
+    reward,
+)
+
+__all__ = ["available", "get", "kinds", "register"]

@@ -1,0 +1,1 @@
+"""Small shared utilities: argument parsing (``cli``), atomic file writes (``io``), logging."""
