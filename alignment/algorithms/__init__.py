@@ -1,9 +1,9 @@
 """Pure tensor maths of alignment, registered by name (see ``registry``).
 
 Kinds and what they hold:
-    preference   paired DPO-family losses (and the ``sft`` NLL term) on sequence log-probs
+    preference   paired DPO-family losses, the ``sft`` NLL term, and the reference-free
+                 CPO / SimPO / ORPO terms (``preference.REFERENCE_FREE``)
     unpaired     KTO-style unpaired losses
-    reference_free  CPO / SimPO / ORPO preference terms that need no reference model
     reward       pairwise reward-model losses
     policy       PPO-style policy-gradient losses
     value        critic (value) losses

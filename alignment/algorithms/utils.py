@@ -10,7 +10,7 @@ from typing import Optional
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten", "gather_logps", "sequence_logps", "entropy_from_logits"]
+__all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten", "gather_logps", "sequence_logps", "entropy_from_logits", "last_token_index"]
 
 
 def masked_sum(values: paddle.Tensor, mask: paddle.Tensor, axis: Optional[int] = None) -> paddle.Tensor:
@@ -77,3 +77,12 @@ def entropy_from_logits(logits: paddle.Tensor) -> paddle.Tensor:
     z = logits.astype(dtype)
     p = F.softmax(z, axis=-1)
     return paddle.logsumexp(z, axis=-1) - (p * z).sum(axis=-1)
+
+
+def last_token_index(mask: paddle.Tensor) -> paddle.Tensor:
+    """Index of the last position where ``mask`` is nonzero, per row: (B, L) -> (B,) int64.
+
+    A row without any nonzero entry gives 0; callers that must tell such rows apart check ``mask.sum(-1) > 0``.
+    """
+    positions = paddle.arange(1, mask.shape[-1] + 1, dtype="int64")
+    return paddle.argmax(mask.astype("bool").astype("int64") * positions, axis=-1)
