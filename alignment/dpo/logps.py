@@ -1,0 +1,170 @@
+"""Completion log-probabilities of a causal LM, shared by the DPO, KTO and GKD stages.
+
+A sequence log-prob is the **sum** over completion tokens (labels != -100 after the causal shift,
+EOS included) of ``log softmax(logits)[label]`` computed in float32; prompt and padding are masked.
+Chosen and rejected go through **one** forward pass of 2B rows (``concat_pair``) so the two halves
+see the same weights, dropout pattern aside, and the model is called once per step.
+
+    out = completion_logps(model, input_ids, attention_mask, labels)   # CompletionLogps
+    pair = policy_pair_logps(model, batch, ld_alpha=None)             # PairForward
+
+Shapes: N rows, L padded length, V vocabulary. Token-level outputs are (N, L-1): position t scores
+token t+1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import paddle
+
+from alignment.algorithms.utils import gather_logps
+from alignment.data.batches import IGNORE_INDEX, PreferenceBatch
+
+__all__ = [
+    "CompletionLogps",
+    "PairForward",
+    "position_ids_from_mask",
+    "model_logits",
+    "completion_logps",
+    "concat_pair",
+    "policy_pair_logps",
+    "reference_pair_logps",
+    "reference_context",
+]
+
+
+@dataclass
+class CompletionLogps:
+    """Per-row completion log-probs of one forward pass."""
+
+    token_logps: paddle.Tensor  # (N, L-1) float32, 0 outside the completion
+    mask: paddle.Tensor  # (N, L-1) float32, 1 on completion tokens (labels[:, 1:] != -100)
+    logps: paddle.Tensor  # (N,) float32, summed over completion tokens
+    lengths: paddle.Tensor  # (N,) float32, number of completion tokens
+    logits: Optional[paddle.Tensor] = None  # (N, L, V) when asked for (GKD)
+
+
+@dataclass
+class PairForward:
+    """Chosen/rejected halves of one 2B-row forward pass (policy or reference)."""
+
+    chosen: paddle.Tensor  # (B,) summed (or LD-weighted) completion log-probs
+    rejected: paddle.Tensor  # (B,)
+    chosen_lengths: paddle.Tensor  # (B,) float32 completion token counts
+    rejected_lengths: paddle.Tensor  # (B,)
+    chosen_nll: paddle.Tensor  # () token-mean NLL over every chosen completion token of the batch
+
+
+def position_ids_from_mask(attention_mask: paddle.Tensor) -> paddle.Tensor:
+    """0, 1, 2, ... over real tokens (left pads get 0), so left- and right-padded rows both work."""
+    mask = attention_mask.astype("int64")
+    return paddle.clip(paddle.cumsum(mask, axis=-1) - 1, min=0)
+
+
+def model_logits(model, input_ids: paddle.Tensor, attention_mask: paddle.Tensor) -> paddle.Tensor:
+    """(N, L, V) logits of a PaddleNLP causal LM (plain or LoRA-wrapped)."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        return_dict=True,
+    )
+    logits = getattr(out, "logits", None)
+    if logits is None:
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+    return logits
+
+
+def completion_logps(
+    model,
+    input_ids: paddle.Tensor,
+    attention_mask: paddle.Tensor,
+    labels: paddle.Tensor,
+    *,
+    temperature: float = 1.0,
+    return_logits: bool = False,
+) -> CompletionLogps:
+    """Forward ``input_ids`` (N, L) once and score the completion tokens marked by ``labels`` (N, L)."""
+    logits = model_logits(model, input_ids, attention_mask)
+    targets = labels[:, 1:]
+    mask = (targets != IGNORE_INDEX).astype("float32")
+    token_logps = gather_logps(logits[:, :-1], targets, temperature).astype("float32") * mask
+    return CompletionLogps(
+        token_logps=token_logps,
+        mask=mask,
+        logps=token_logps.sum(axis=-1),
+        lengths=mask.sum(axis=-1),
+        logits=logits if return_logits else None,
+    )
+
+
+def _pad_to(x: paddle.Tensor, length: int, value: int) -> paddle.Tensor:
+    if x.shape[1] == length:
+        return x
+    pad = paddle.full([x.shape[0], length - x.shape[1]], value, dtype=x.dtype)
+    return paddle.concat([x, pad], axis=1)
+
+
+def concat_pair(batch: PreferenceBatch, pad_token_id: int = 0) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+    """Stack chosen over rejected: (2B, L) input_ids, attention_mask, labels (rows 0..B-1 are chosen)."""
+    length = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    parts = []
+    for key, value in (("input_ids", pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+        c = _pad_to(batch[f"chosen_{key}"], length, value)
+        r = _pad_to(batch[f"rejected_{key}"], length, value)
+        parts.append(paddle.concat([c, r.astype(c.dtype)], axis=0))
+    return parts[0], parts[1], parts[2]
+
+
+def _split_pair(out: CompletionLogps, ld_alpha: Optional[float]) -> PairForward:
+    n = out.logps.shape[0] // 2
+    chosen, rejected = out.logps[:n], out.logps[n:]
+    if ld_alpha is not None:
+        from alignment.algorithms.preference import ld_weighted_logps, pair_public_lengths
+
+        public = pair_public_lengths(out.mask[:n], out.mask[n:])
+        chosen = ld_weighted_logps(out.token_logps[:n], out.mask[:n], public, ld_alpha)
+        rejected = ld_weighted_logps(out.token_logps[n:], out.mask[n:], public, ld_alpha)
+    n_tokens = paddle.clip(out.lengths[:n].sum(), min=1.0)
+    return PairForward(
+        chosen=chosen,
+        rejected=rejected,
+        chosen_lengths=out.lengths[:n],
+        rejected_lengths=out.lengths[n:],
+        chosen_nll=-out.token_logps[:n].sum() / n_tokens,
+    )
+
+
+def policy_pair_logps(model, batch: PreferenceBatch, *, ld_alpha: Optional[float] = None, pad_token_id: int = 0) -> PairForward:
+    """One 2B-row forward of the policy. ``ld_alpha`` (LD-DPO) down-weights tokens past the shorter answer."""
+    input_ids, attention_mask, labels = concat_pair(batch, pad_token_id)
+    return _split_pair(completion_logps(model, input_ids, attention_mask, labels), ld_alpha)
+
+
+@contextlib.contextmanager
+def reference_context(model) -> Iterator[None]:
+    """No-grad, eval-mode scope; for a LoRA policy used as its own reference, adapters are switched off."""
+    was_training = model.training
+    lora = hasattr(model, "disable_lora") and hasattr(model, "enable_lora") and hasattr(model, "lora_config")
+    model.eval()
+    if lora:
+        model.disable_lora()
+    try:
+        with paddle.no_grad():
+            yield
+    finally:
+        if lora:
+            model.enable_lora()
+        if was_training:
+            model.train()
+
+
+def reference_pair_logps(model, batch: PreferenceBatch, *, pad_token_id: int = 0) -> PairForward:
+    """Plain summed log-probs of the reference (no LD weighting: ms-swift / LLaMA-Factory semantics)."""
+    with reference_context(model):
+        out = policy_pair_logps(model, batch, ld_alpha=None, pad_token_id=pad_token_id)
+    return PairForward(*(t.detach() for t in (out.chosen, out.rejected, out.chosen_lengths, out.rejected_lengths, out.chosen_nll)))

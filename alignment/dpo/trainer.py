@@ -1,0 +1,188 @@
+"""DPOTrainer: a thin PaddleNLP Trainer whose ``compute_loss`` calls ``preference_loss``.
+
+One step: chosen and rejected go through one 2B-row policy forward (``policy_pair_logps``), the
+reference log-probs come from the batch (precomputed), a frozen reference model, or the LoRA policy
+with adapters disabled, and ``alignment.algorithms.preference.preference_loss`` turns them into the
+loss and the metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
+logps/chosen, logps/rejected, nll, loss/<name>) that ``MetricsLoggingMixin`` logs.
+
+The reference model is in eval mode, its parameters have ``stop_gradient=True`` and it is an
+attribute of the trainer, not a sub-layer of the policy, so the optimizer never sees it.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import inspect
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import paddle
+from paddle.io import DataLoader, Dataset
+from paddlenlp.trainer import Trainer
+
+from alignment.algorithms import registry
+from alignment.algorithms.preference import PairLogps, RunningMoments, preference_loss
+from alignment.dpo.config import DPOArguments
+from alignment.dpo.logps import PairForward, policy_pair_logps, reference_pair_logps
+from alignment.utils.trainer import MetricsLoggingMixin
+
+__all__ = ["DPOTrainer", "freeze_model", "WithReferenceLogps", "ReferenceLogpsCollator"]
+
+REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def freeze_model(model) -> None:
+    """Eval mode and ``stop_gradient`` on every parameter (reference and teacher models)."""
+    model.eval()
+    for p in model.parameters():
+        p.stop_gradient = True
+
+
+class WithReferenceLogps(Dataset):
+    """A dataset whose items also carry precomputed reference log-probs (``REF_KEYS``)."""
+
+    def __init__(self, base, ref_chosen: np.ndarray, ref_rejected: np.ndarray):
+        if len(ref_chosen) != len(base) or len(ref_rejected) != len(base):
+            raise ValueError(f"{len(ref_chosen)} reference log-probs for a dataset of {len(base)} examples")
+        self.base, self.ref_chosen, self.ref_rejected = base, ref_chosen, ref_rejected
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, idx: int) -> Dict[str, Any]:
+        item = dict(self.base[idx])
+        item[REF_KEYS[0]] = float(self.ref_chosen[idx])
+        item[REF_KEYS[1]] = float(self.ref_rejected[idx])
+        return item
+
+    def __getattr__(self, name: str):  # e.g. get_collator, split_train_test of the wrapped dataset
+        if name in ("base", "ref_chosen", "ref_rejected"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+class ReferenceLogpsCollator:
+    """Wraps a preference collator: strips ``REF_KEYS`` from items and adds them back as (B,) tensors."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, items: List[Dict[str, Any]]):
+        has_ref = all(REF_KEYS[0] in item for item in items)
+        refs = {k: [item[k] for item in items] for k in REF_KEYS} if has_ref else None
+        batch = self.collator([{k: v for k, v in item.items() if k not in REF_KEYS} for item in items])
+        if refs is not None:
+            for k, values in refs.items():
+                batch[k] = paddle.to_tensor(np.asarray(values, dtype="float32"))
+        return batch
+
+
+class DPOTrainer(MetricsLoggingMixin, Trainer):
+    """``DPOTrainer(model, args, dpo_args=..., ref_model=..., train_dataset=..., data_collator=...)``.
+
+    ``ref_model=None`` with a reference-needing loss uses the policy itself with LoRA adapters
+    disabled (it must then be a ``paddlenlp.peft.LoRAModel``).
+    """
+
+    def __init__(self, model, args, *, dpo_args: DPOArguments, ref_model=None, pad_token_id: int = 0, **kwargs):
+        if kwargs.get("data_collator") is not None:
+            kwargs["data_collator"] = ReferenceLogpsCollator(kwargs["data_collator"])
+        super().__init__(model=model, args=args, **kwargs)
+        self.dpo_args = dpo_args
+        self.pad_token_id = pad_token_id
+        self.ref_model = ref_model if dpo_args.needs_reference else None
+        if self.ref_model is not None:
+            freeze_model(self.ref_model)
+        elif dpo_args.needs_reference and not hasattr(model, "disable_lora"):
+            raise ValueError("this loss needs a reference model: pass ref_model, or train a LoRA policy "
+                             "(its adapters are disabled to score the reference)")
+        self.bco_baseline = RunningMoments() if "bco_pair" in dpo_args.loss_type else None
+        if dpo_args.precompute_ref_log_probs and dpo_args.needs_reference:
+            self.precompute_reference()
+
+    # ----------------------------------------------------------------------------------------- reference
+    def _reference_model(self):
+        return self.ref_model if self.ref_model is not None else self.model
+
+    def reference_logps(self, inputs: Dict[str, paddle.Tensor]) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """(B,) reference log-probs of chosen and rejected: from the batch when precomputed, else a forward."""
+        if REF_KEYS[0] in inputs:
+            return inputs[REF_KEYS[0]], inputs[REF_KEYS[1]]
+        ref = reference_pair_logps(self._reference_model(), inputs, pad_token_id=self.pad_token_id)
+        return ref.chosen, ref.rejected
+
+    def _score_dataset(self, dataset) -> Tuple[np.ndarray, np.ndarray]:
+        loader = DataLoader(
+            dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
+            collate_fn=self.data_collator.collator, num_workers=0,
+        )
+        chosen, rejected = [], []
+        for batch in loader:
+            batch = self._prepare_inputs(batch)
+            ref = reference_pair_logps(self._reference_model(), batch, pad_token_id=self.pad_token_id)
+            chosen.append(ref.chosen.numpy())
+            rejected.append(ref.rejected.numpy())
+        return np.concatenate(chosen), np.concatenate(rejected)
+
+    def precompute_reference(self) -> None:
+        """One pass of the reference over the train (and eval) data; then the reference model is released."""
+        if self.train_dataset is not None:
+            self.train_dataset = WithReferenceLogps(self.train_dataset, *self._score_dataset(self.train_dataset))
+        if self.eval_dataset is not None:
+            self.eval_dataset = WithReferenceLogps(self.eval_dataset, *self._score_dataset(self.eval_dataset))
+        if self.ref_model is not None:
+            self.ref_model = None
+            gc.collect()
+            if paddle.device.is_compiled_with_cuda():
+                paddle.device.cuda.empty_cache()
+
+    # ---------------------------------------------------------------------------------------------- loss
+    def loss_hparams(self, training: bool = True) -> Dict[str, Any]:
+        """The hyperparameters that the chosen losses accept (``preference_loss`` rejects the others).
+
+        Evaluation scores with a copy of the BCO baseline so that eval batches never move it.
+        """
+        a = self.dpo_args
+        baseline = self.bco_baseline if training else copy.deepcopy(self.bco_baseline)
+        candidates = dict(
+            beta=a.beta, label_smoothing=a.label_smoothing, discopop_tau=a.discopop_tau,
+            dpop_lambda=a.dpop_lambda, simpo_gamma=a.simpo_gamma, bco_baseline=baseline,
+        )
+        accepted = set()
+        for name in a.loss_type:
+            fn = registry.get("preference", name)
+            accepted |= {p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+        return {k: v for k, v in candidates.items() if k in accepted}
+
+    def pair_logps(self, model, inputs: Dict[str, paddle.Tensor]) -> PairLogps:
+        """Policy (and reference) log-probs of one preference batch, as the pure loss functions take them."""
+        policy: PairForward = policy_pair_logps(model, inputs, ld_alpha=self.dpo_args.ld_alpha, pad_token_id=self.pad_token_id)
+        ref_chosen = ref_rejected = None
+        if self.dpo_args.needs_reference:
+            ref_chosen, ref_rejected = self.reference_logps(inputs)
+        return PairLogps(
+            chosen=policy.chosen, rejected=policy.rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected,
+            chosen_lengths=policy.chosen_lengths, rejected_lengths=policy.rejected_lengths,
+            chosen_nll=policy.chosen_nll,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False):
+        a = self.dpo_args
+        loss, metrics = preference_loss(
+            a.loss_type, self.pair_logps(model, inputs), a.loss_weights,
+            reference_free=a.reference_free, rpo_alpha=a.rpo_alpha, cpo_alpha=a.cpo_alpha,
+            **self.loss_hparams(model.training),
+        )
+        self.store_metrics(metrics, "train" if model.training else "eval")
+        return (loss, metrics) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with paddle.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _remove_unused_columns(self, dataset, description: Optional[str] = None):
+        return dataset  # the preference columns are not forward() arguments; keep them

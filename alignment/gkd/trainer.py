@@ -1,0 +1,143 @@
+"""GKDTrainer: generalised knowledge distillation (Agarwal et al. 2024, arXiv:2306.13649) as a thin Trainer.
+
+Each training step picks its completions: with probability ``lmbda`` the student samples them from the
+batch's prompts (on-policy), else with ``seq_kd`` the teacher samples them, else the dataset's are used.
+The student and the frozen teacher then score the same sequences and
+``alignment.algorithms.distill.generalized_jsd`` (registry kind "distill") compares their next-token
+distributions on the completion tokens (T = 1 in the loss; ``temperature`` is the sampling one).
+``sft_alpha`` adds the student's token-mean NLL on the step's completions (ms-swift). Evaluation uses
+the dataset completions, so ``eval_loss`` is the held-out student-teacher divergence.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import List, Optional
+
+import numpy as np
+import paddle
+from paddlenlp.trainer import Trainer
+
+from alignment.algorithms import registry
+from alignment.algorithms.utils import gather_logps
+from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
+from alignment.dpo.logps import model_logits, position_ids_from_mask
+from alignment.dpo.trainer import freeze_model
+from alignment.gkd.config import GKDArguments
+from alignment.utils.trainer import MetricsLoggingMixin
+
+__all__ = ["GKDTrainer", "split_prompts", "generate_completions"]
+
+
+def split_prompts(batch: SupervisedBatch) -> List[np.ndarray]:
+    """The prompt token ids of each row: the real tokens before the first supervised (label != -100) one."""
+    ids, labels, mask = (batch[k].numpy() for k in ("input_ids", "labels", "attention_mask"))
+    prompts = []
+    for row_ids, row_labels, row_mask in zip(ids, labels, mask):
+        supervised = np.nonzero(row_labels != IGNORE_INDEX)[0]
+        end = int(supervised[0]) if len(supervised) else int(row_mask.sum())
+        prompts.append(row_ids[:end][row_mask[:end] == 1])
+    return prompts
+
+
+def _right_padded(rows: List[np.ndarray], prompt_lens: List[int], pad_token_id: int) -> SupervisedBatch:
+    length = max(len(r) for r in rows)
+    ids = np.full((len(rows), length), pad_token_id, dtype="int64")
+    mask = np.zeros((len(rows), length), dtype="int64")
+    labels = np.full((len(rows), length), IGNORE_INDEX, dtype="int64")
+    for i, (row, p) in enumerate(zip(rows, prompt_lens)):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+        labels[i, p : len(row)] = row[p:]
+    attention_mask = paddle.to_tensor(mask)
+    return SupervisedBatch(
+        input_ids=paddle.to_tensor(ids), labels=paddle.to_tensor(labels), attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+    )
+
+
+def generate_completions(
+    model, batch: SupervisedBatch, *, max_new_tokens: int, temperature: float, pad_token_id: int, eos_token_id: int
+) -> SupervisedBatch:
+    """Replace each row's completion by a sample of ``model`` from its prompt (up to and including EOS)."""
+    from alignment.rollout.generation import GenerationConfig, generate
+
+    prompts = split_prompts(batch)
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_token_id, dtype="int64")
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding for generation
+        ids[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+    config = GenerationConfig(
+        eos_token_ids=(eos_token_id,), pad_token_id=pad_token_id, max_new_tokens=max_new_tokens,
+        temperature=temperature, do_sample=True,
+    )
+    out = generate(model, paddle.to_tensor(ids), paddle.to_tensor(mask), config)
+    responses, response_mask = out.responses.numpy(), out.response_mask.numpy()
+    rows = [np.concatenate([p, r[m == 1]]).astype("int64") for p, r, m in zip(prompts, responses, response_mask)]
+    return _right_padded(rows, [len(p) for p in prompts], pad_token_id)
+
+
+class GKDTrainer(MetricsLoggingMixin, Trainer):
+    """``GKDTrainer(student, args, gkd_args=..., teacher_model=..., pad_token_id=..., eos_token_id=..., ...)``."""
+
+    def __init__(self, model, args, *, gkd_args: GKDArguments, teacher_model, pad_token_id: int, eos_token_id: int, **kwargs):
+        super().__init__(model=model, args=args, **kwargs)
+        self.gkd_args = gkd_args
+        self.teacher_model = teacher_model
+        freeze_model(teacher_model)
+        self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
+        self.jsd = registry.get("distill", "generalized_jsd")
+        self._rng = random.Random(args.seed)
+        self._source = "dataset"
+
+    def choose_completions(self, model, inputs: SupervisedBatch) -> SupervisedBatch:
+        """On-policy with probability lmbda, else teacher samples (seq_kd), else the dataset's."""
+        a = self.gkd_args
+        gen = dict(max_new_tokens=a.max_completion_length, temperature=a.temperature,
+                   pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
+        if self._rng.random() < a.lmbda:
+            self._source = "student"
+            return generate_completions(model, inputs, **gen)
+        if a.seq_kd:
+            self._source = "teacher"
+            return generate_completions(self.teacher_model, inputs, **gen)
+        self._source = "dataset"
+        return inputs
+
+    def training_step(self, model, inputs, step_control=0):
+        inputs = self.choose_completions(self.model, self._prepare_inputs(inputs))  # unwrapped for generate
+        return super().training_step(model, inputs, step_control)
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False):
+        a = self.gkd_args
+        ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        student_logits = model_logits(model, ids, attention_mask)
+        with paddle.no_grad():
+            teacher_logits = model_logits(self.teacher_model, ids, attention_mask)
+        if student_logits.shape[-1] != teacher_logits.shape[-1]:
+            raise ValueError(f"student vocabulary ({student_logits.shape[-1]}) and teacher vocabulary "
+                             f"({teacher_logits.shape[-1]}) differ; GKD needs one tokenizer")
+        mask = (labels[:, 1:] != IGNORE_INDEX).astype("float32")
+        loss, metrics = self.jsd(student_logits[:, :-1], teacher_logits[:, :-1], mask, beta=a.beta, temperature=1.0)
+        metrics = dict(metrics)
+        if a.sft_alpha > 0:
+            token_logps = gather_logps(student_logits[:, :-1], labels[:, 1:]) * mask
+            nll = -token_logps.sum() / paddle.clip(mask.sum(), min=1.0)
+            loss = loss + a.sft_alpha * nll
+            metrics["nll"] = nll.detach()
+        if model.training:
+            metrics["on_policy"] = float(self._source == "student")
+            metrics["completion_length"] = float(mask.sum(axis=-1).mean())
+        self.store_metrics(metrics, "train" if model.training else "eval")
+        return (loss, metrics) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with paddle.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _remove_unused_columns(self, dataset, description: Optional[str] = None):
+        return dataset

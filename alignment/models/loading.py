@@ -1,0 +1,257 @@
+"""Loading helpers shared by every stage: tokenizer, causal LM, backbone, LoRA wrapping, freezing.
+
+Everything takes a hub name or a local path (PaddleNLP resolves both) and a dtype name::
+
+    from alignment.models.loading import load_tokenizer, load_causal_lm, wrap_lora, freeze
+
+    tokenizer = load_tokenizer("checkpoints/tiny-llama", padding_side="right")
+    model = load_causal_lm("checkpoints/tiny-llama", dtype="float32", tokenizer=tokenizer)
+    model = wrap_lora(model, LoraArguments(lora=True, lora_rank=8))        # only adapters trainable
+    reference = freeze(load_causal_lm("checkpoints/tiny-llama"))            # eval mode, no gradients
+
+``ScoreModel.from_pretrained`` (score_model.py) builds on ``load_config`` and ``load_backbone``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import paddle
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DTYPES",
+    "LoraArguments",
+    "resolve_dtype",
+    "load_tokenizer",
+    "load_config",
+    "load_causal_lm",
+    "load_backbone",
+    "wrap_lora",
+    "merge_lora_state_dict",
+    "freeze",
+    "count_parameters",
+]
+
+DTYPES = ("float32", "bfloat16", "float16")
+_DEFAULT_LORA_TARGETS = (
+    ".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*gate_proj.*", ".*up_proj.*", ".*down_proj.*",
+)
+
+
+def resolve_dtype(dtype: Any = None) -> str:
+    """A dtype name from a name, a paddle dtype or TrainingArguments (bf16 / fp16 flags); default float32."""
+    if dtype is None:
+        return "float32"
+    if hasattr(dtype, "bf16") or hasattr(dtype, "fp16"):  # TrainingArguments
+        if getattr(dtype, "bf16", False):
+            return "bfloat16"
+        return "float16" if getattr(dtype, "fp16", False) else "float32"
+    name = str(dtype).replace("paddle.", "")
+    name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16", "float": "float32"}.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"dtype='{dtype}' is not valid; allowed values: {', '.join(DTYPES)}")
+    return name
+
+
+def load_tokenizer(
+    name_or_path: str,
+    *,
+    padding_side: str = "right",
+    model_max_length: Optional[int] = None,
+    ensure_pad: bool = True,
+):
+    """``AutoTokenizer`` with a pad token distinct from EOS (added when missing) and the given padding side.
+
+    Training batches are right padded; generation prompts are left padded.
+    """
+    from paddlenlp.transformers import AutoTokenizer
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side='{padding_side}' is not valid; allowed values: left, right")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if ensure_pad:
+        from alignment.data import ensure_pad_token
+
+        ensure_pad_token(tokenizer)
+    tokenizer.padding_side = padding_side
+    if model_max_length is not None:
+        tokenizer.model_max_length = int(model_max_length)
+    return tokenizer
+
+
+def load_config(
+    name_or_path: str,
+    *,
+    dtype: Any = None,
+    use_flash_attention: Optional[bool] = None,
+    recompute: Optional[bool] = None,
+    overrides: Optional[Dict[str, Any]] = None,
+):
+    """``AutoConfig`` with the runtime switches every stage sets (dtype, flash attention, recompute).
+
+    ``overrides`` sets further config attributes (e.g. ``{"tensor_parallel_output": False}``).
+    """
+    from paddlenlp.transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    config.dtype = resolve_dtype(dtype)
+    if use_flash_attention is not None:
+        config.use_flash_attention = bool(use_flash_attention)
+    if recompute is not None:
+        config.recompute = bool(recompute)
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
+    return config
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    dtype: Any = None,
+    use_flash_attention: Optional[bool] = None,
+    recompute: Optional[bool] = None,
+    tokenizer=None,
+    frozen: bool = False,
+    config_overrides: Optional[Dict[str, Any]] = None,
+):
+    """``AutoModelForCausalLM`` from a hub name or local path.
+
+    With ``tokenizer`` the embeddings are resized when the tokenizer has more tokens (an added pad token)
+    and ``config.pad_token_id`` follows the tokenizer. ``frozen`` returns it through ``freeze``.
+    """
+    from paddlenlp.transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(dtype)
+    config = load_config(name_or_path, dtype=dtype, use_flash_attention=use_flash_attention, recompute=recompute,
+                         overrides=config_overrides)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, dtype=dtype)
+    if tokenizer is not None:
+        from alignment.data import ensure_pad_token
+
+        ensure_pad_token(tokenizer, model)
+    return freeze(model) if frozen else model
+
+
+def load_backbone(
+    name_or_path: str,
+    *,
+    dtype: Any = None,
+    use_flash_attention: Optional[bool] = None,
+    recompute: Optional[bool] = None,
+    config=None,
+    config_overrides: Optional[Dict[str, Any]] = None,
+):
+    """The decoder without its LM head (``AutoModel``: LlamaModel, Qwen2Model, ...) giving hidden states.
+
+    Loads from a causal-LM checkpoint (the ``llama.`` prefix is stripped by PaddleNLP) or from a score-model
+    checkpoint (the head and normaliser tensors are ignored here; ``ScoreModel`` loads them).
+    """
+    from paddlenlp.transformers import AutoModel
+
+    dtype = resolve_dtype(dtype)
+    if config is None:
+        config = load_config(name_or_path, dtype=dtype, use_flash_attention=use_flash_attention, recompute=recompute,
+                             overrides=config_overrides)
+    return AutoModel.from_pretrained(name_or_path, config=config, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------ LoRA
+@dataclass
+class LoraArguments:
+    """LoRA switches (paddlenlp.peft); mixed into each stage's model arguments."""
+
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (paddlenlp.peft) instead of all weights."})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (> 0)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (> 0); the update is scaled by alpha / r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    lora_target_modules: List[str] = field(
+        default_factory=lambda: list(_DEFAULT_LORA_TARGETS),
+        metadata={"help": "Regexes (full match) of the linear layers that get adapters; default: every Llama "
+                          "attention and MLP projection."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora_rank <= 0:
+            raise ValueError(f"lora_rank must be > 0, got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [s for s in self.lora_target_modules.split(",") if s]
+        for pattern in self.lora_target_modules:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"lora_target_modules: '{pattern}' is not a valid regular expression ({e})") from None
+
+
+def wrap_lora(model, lora_args: LoraArguments, *, dtype: Any = None, base_model_name_or_path: Optional[str] = None):
+    """Wrap ``model`` in ``paddlenlp.peft.LoRAModel``; only the adapters stay trainable.
+
+    Raises ``ValueError`` naming the patterns when no layer matches ``lora_target_modules``.
+    """
+    from paddlenlp.peft import LoRAConfig, LoRAModel
+
+    names = [name for name, _ in model.named_sublayers()]
+    if not any(re.fullmatch(p, n) for p in lora_args.lora_target_modules for n in names):
+        raise ValueError(
+            f"lora_target_modules {lora_args.lora_target_modules} match no layer of {type(model).__name__}; "
+            f"layer names look like: {', '.join(names[:6])}"
+        )
+    config = LoRAConfig(
+        target_modules=list(lora_args.lora_target_modules),
+        r=lora_args.lora_rank,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        merge_weights=False,
+        dtype=resolve_dtype(dtype),
+        base_model_name_or_path=base_model_name_or_path,
+    )
+    model = LoRAModel(model, config)
+    model.mark_only_lora_as_trainable()
+    return model
+
+
+def merge_lora_state_dict(lora_model) -> Dict[str, paddle.Tensor]:
+    """The base model's state dict with the adapters merged in (LoRA tensors dropped); the model is unchanged.
+
+    Saving this with the base model's ``save_pretrained(..., state_dict=...)`` gives a plain checkpoint that
+    ``AutoModelForCausalLM.from_pretrained`` loads without paddlenlp.peft.
+    """
+    lora_model.merge()
+    try:
+        merged = {k: v.clone() for k, v in lora_model.model.state_dict().items() if "lora_" not in k}
+    finally:
+        lora_model.unmerge()
+    return merged
+
+
+# ------------------------------------------------------------------------------------------- freezing
+def freeze(model):
+    """Eval mode and ``stop_gradient`` on every parameter (reference, teacher and reward models)."""
+    model.eval()
+    for p in model.parameters():
+        p.stop_gradient = True
+    return model
+
+
+def count_parameters(model) -> Tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = trainable = 0
+    for p in model.parameters():
+        n = int(p.numel())
+        total += n
+        if not p.stop_gradient:
+            trainable += n
+    return trainable, total
+
+
+def is_local_dir(name_or_path: str) -> bool:
+    return os.path.isdir(name_or_path)

@@ -1,0 +1,132 @@
+"""Advantages and returns, computed ONCE per rollout batch (before any update of that batch).
+
+    scores --(optional running normalisation, statistics over all ranks)--> scores'
+    (scores', old_logps, ref_logps) --kl_shaped_rewards(kl_coeff, clip_range_score)--> token_rewards
+    registry "advantage"[estimator](token_rewards, values, response_mask, scores', group_size, gamma, lam)
+        --> advantages, returns
+    advantages --(optional whitening over all valid tokens of all ranks)--> advantages
+
+The estimator comes from ``rl_algorithm`` (ppo -> gae, grpo -> grpo, ...). Groups of
+``num_return_sequences`` contiguous rows are never split: each rank owns whole prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import paddle
+
+from alignment.algorithms import registry
+from alignment.algorithms.kl import kl_shaped_rewards
+from alignment.algorithms.normalizers import RunningMeanStd
+from alignment.algorithms.utils import masked_mean
+from alignment.parallel import ParallelStrategy, masked_moments
+from alignment.rollout import Experience
+
+__all__ = ["RewardNormalizer", "compute_advantages"]
+
+
+class RewardNormalizer:
+    """Running mean/variance of the raw scores over every rank (``algorithms.normalizers.RunningMeanStd``).
+
+    ``update_and_normalize`` gathers the step's scores from all ranks, merges them into the running
+    statistics and returns (scores - mean) / (std + 1e-8) in float32 (no bfloat16 cast, unlike PaddleNLP).
+    """
+
+    def __init__(self):
+        self.stats = RunningMeanStd(1)
+
+    def update_and_normalize(self, scores: paddle.Tensor, strategy: Optional[ParallelStrategy]) -> paddle.Tensor:
+        everything = strategy.all_gather(scores) if strategy is not None else scores
+        self.stats.update(everything.astype("float32"))
+        return self.stats.normalize(scores.astype("float32").unsqueeze(-1), "affine").squeeze(-1)
+
+    def state_dict(self) -> Dict[str, list]:
+        return {k: v.numpy().tolist() for k, v in self.stats.state_dict().items()}
+
+    def set_state_dict(self, state: Dict[str, list]) -> None:
+        self.stats.set_state_dict({k: paddle.to_tensor(v, dtype="float32") for k, v in state.items()})
+
+
+def compute_advantages(
+    exp: Experience,
+    *,
+    estimator: str,
+    kl_coeff: float,
+    clip_range_score: float,
+    kl_estimator: str = "k1",
+    group_size: int = 1,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    normalize_advantage: bool = False,
+    reward_normalizer: Optional[RewardNormalizer] = None,
+    strategy: Optional[ParallelStrategy] = None,
+) -> Tuple[Experience, Dict[str, float]]:
+    """Fill ``token_rewards``, ``advantages`` and ``returns`` of ``exp``; return it and the step's metrics."""
+    mask = exp.response_mask.astype("float32")
+    raw = exp.scores.astype("float32")
+    scores = raw if reward_normalizer is None else reward_normalizer.update_and_normalize(raw, strategy)
+    metrics: Dict[str, float] = {"reward": float(raw.mean())}
+    if reward_normalizer is not None:
+        metrics["norm_reward"] = float(scores.mean())
+
+    if exp.ref_logps is not None:
+        token_rewards, kl_metrics = kl_shaped_rewards(
+            scores, exp.old_logps, exp.ref_logps, mask,
+            kl_coeff=kl_coeff, clip_range_score=clip_range_score, estimator=kl_estimator,
+        )
+        metrics.update({k: _f(v) for k, v in kl_metrics.items()})
+        log_ratio = (exp.old_logps - exp.ref_logps) * mask
+        metrics["kl_divergence"] = float(masked_mean(log_ratio, mask))
+        metrics["kl_divergence_seq"] = float(log_ratio.sum(axis=-1).mean())
+    else:  # no reference: the clipped score at the last response token only
+        token_rewards = _last_token_rewards(paddle.clip(scores, -clip_range_score, clip_range_score), mask)
+
+    fn = registry.get("advantage", estimator)
+    advantages, returns = fn(
+        token_rewards=token_rewards,
+        values=exp.values,
+        response_mask=mask,
+        scores=scores,
+        group_size=group_size,
+        gamma=gamma,
+        lam=lam,
+    )
+    advantages = advantages.detach() * mask
+    returns = returns.detach() * mask
+    if estimator == "reinforce_plus_plus":  # its whitening must span every rank's rows, not this rank's only
+        _, mean, var = masked_moments(strategy, returns, mask)
+        advantages = ((returns - mean.astype("float32")) * paddle.rsqrt(var.astype("float32") + 1e-8)) * mask
+    if normalize_advantage:
+        _, mean, var = masked_moments(strategy, advantages, mask)
+        advantages = ((advantages - mean.astype("float32")) * paddle.rsqrt(var.astype("float32") + 1e-8)) * mask
+
+    metrics.update(
+        {
+            "token_reward": float(masked_mean(token_rewards, mask)),
+            "returns": float(masked_mean(returns, mask)),
+            "advantages": float(masked_mean(advantages, mask)),
+        }
+    )
+    if exp.values is not None:
+        metrics["values"] = float(masked_mean(exp.values, mask))
+    lengths = mask.sum(axis=-1)
+    metrics.update(
+        {
+            "response_length": float(lengths.mean()),
+            "response_length_max": float(lengths.max()),
+            "response_length_min": float(lengths.min()),
+        }
+    )
+    return exp.replace(token_rewards=token_rewards, advantages=advantages, returns=returns), metrics
+
+
+def _last_token_rewards(scores: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+    """(N,) scores placed at each row's last response token: (N, R)."""
+    last = (mask.sum(axis=-1).astype("int64") - 1).clip(min=0)
+    onehot = paddle.nn.functional.one_hot(last, mask.shape[1]).astype("float32")
+    return onehot * scores.unsqueeze(-1) * mask
+
+
+def _f(v) -> float:
+    return float(v.astype("float32").mean()) if isinstance(v, paddle.Tensor) else float(v)

@@ -1,0 +1,380 @@
+"""Typed arguments of the PPO stage (and of GRPO / REINFORCE++ / RLOO, which are configurations of it).
+
+Three dataclasses, named like PaddleNLP's (``ModelArgument``, ``DataArgument``, ``PPOArguments``) so
+``config/llama/ppo_argument.json`` keeps the seed's key names. Every field has a help string and a
+default; ``__post_init__`` checks values and names the field and the allowed values. Arguments that a
+later issue implements (``eval_mode``, ``offload_level``, ``use_fusemt``, tensor/pipeline/sharding
+degrees > 1, ``bf16``/``fp16``) raise ``NotImplementedError`` when set to anything but their default.
+
+Step vocabulary: one *step* is one rollout batch (generate -> experience -> advantages -> updates);
+``max_steps``, ``logging_steps``, ``eval_steps`` and ``save_steps`` count steps. Inside a step the
+actor and the critic take ``update_iters * rows / (per_device_train_batch_size *
+gradient_accumulation_steps)`` optimizer steps each, where rows = per_device_prompt_batch_size *
+num_return_sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import List, Optional
+
+__all__ = [
+    "ModelArgument",
+    "DataArgument",
+    "PPOArguments",
+    "RL_ALGORITHMS",
+    "LR_SCHEDULERS",
+    "check_consistency",
+]
+
+# rl_algorithm -> (advantage estimator name in the registry, needs a critic, KL in reward by default)
+RL_ALGORITHMS = {
+    "ppo": ("gae", True, True),
+    "grpo": ("grpo", False, False),
+    "dr_grpo": ("dr_grpo", False, False),
+    "rloo": ("rloo", False, True),
+    "reinforce_plus_plus": ("reinforce_plus_plus", False, True),
+}
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+STRATEGIES = ("no", "steps", "epoch")
+
+
+def _choice(obj, name: str, allowed) -> None:
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise ValueError(f"{name}='{value}' is not valid; allowed values: {', '.join(map(str, allowed))}")
+
+
+def _positive(obj, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class ModelArgument:
+    """Which checkpoints make the four models."""
+
+    actor_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "SFT checkpoint (local dir or hub name) for the actor and the reference."}
+    )
+    reward_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Score-model checkpoint of the frozen reward model (may use its own tokenizer)."},
+    )
+    reward_critic_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint that initialises the critic (PPO only). Default: the reward model. An LM "
+            "checkpoint gets a new score head. Its tokenizer must match the actor's."
+        },
+    )
+    use_flash_attention: bool = field(default=False, metadata={"help": "Passed to the model configs."})
+    recompute_granularity: str = field(
+        default="full", metadata={"help": "Recompute granularity of the actor (full | full_attn | core_attn)."}
+    )
+    critic_recompute_granularity: str = field(
+        default="full", metadata={"help": "Recompute granularity of the critic (full | full_attn | core_attn)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("recompute_granularity", "critic_recompute_granularity"):
+            _choice(self, name, ("full", "full_attn", "core_attn"))
+
+
+@dataclass
+class DataArgument:
+    """Prompt, evaluation and ptx datasets (specs understood by ``alignment.data``, e.g. 'PKU-SafeRLHF/train')."""
+
+    train_datasets: Optional[str] = field(
+        default=None,
+        metadata={"help": "Prompt datasets, 'name[:proportion[:path]]' joined by ','; e.g. PKU-SafeRLHF/train."},
+    )
+    eval_datasets: Optional[str] = field(default=None, metadata={"help": "Prompt datasets for evaluation."})
+    ptx_datasets: Optional[str] = field(
+        default=None, metadata={"help": "Supervised datasets for the ptx loss (used when ptx_coeff > 0)."}
+    )
+    max_length: int = field(
+        default=2048, metadata={"help": "Longest prompt + response in tokens (also caps ptx examples)."}
+    )
+    max_prompt_len: Optional[int] = field(
+        default=None,
+        metadata={"help": "Longest prompt in tokens (default: max_length - max_dec_len, at least 1/2 max_length)."},
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_length", "max_prompt_len")
+
+
+@dataclass
+class PPOArguments:
+    """Rollout, optimisation, logging and checkpointing of PPO (and GRPO / REINFORCE++ / RLOO)."""
+
+    output_dir: str = field(default="checkpoints/ppo", metadata={"help": "Where checkpoints and logs go."})
+    seed: int = field(default=42, metadata={"help": "Random seed (each rank samples with seed + rank)."})
+    do_train: bool = field(default=True, metadata={"help": "Run training."})
+    do_eval: bool = field(default=False, metadata={"help": "Evaluate on eval_datasets (every eval_steps)."})
+
+    # ---- algorithm
+    rl_algorithm: str = field(
+        default="ppo",
+        metadata={"help": f"One of {', '.join(RL_ALGORITHMS)}; only ppo trains a critic (GAE advantages)."},
+    )
+    update_iters: int = field(default=1, metadata={"help": "Passes (epochs) over each rollout batch."})
+    kl_coeff: Optional[float] = field(
+        default=None,
+        metadata={"help": "beta of the per-token KL penalty in the reward. Default 0.02 (0 for grpo/dr_grpo)."},
+    )
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "KL estimator of the reward penalty (k1 | k2 | k3)."}
+    )
+    kl_loss_coeff: Optional[float] = field(
+        default=None,
+        metadata={"help": "Weight of the k3 KL-to-reference term in the actor loss. Default 0.001 for "
+                  "grpo/dr_grpo, 0 otherwise."},
+    )
+    pg_loss_coeff: float = field(default=1.0, metadata={"help": "Weight of the clipped policy-gradient loss."})
+    entropy_coeff: float = field(default=0.0, metadata={"help": "Weight of the entropy bonus."})
+    clip_range_ratio: float = field(default=0.2, metadata={"help": "PPO epsilon of the ratio clip."})
+    clip_range_ratio_low: Optional[float] = field(default=None, metadata={"help": "Lower epsilon (default eps)."})
+    clip_range_ratio_high: Optional[float] = field(default=None, metadata={"help": "Upper epsilon (default eps)."})
+    dual_clip: Optional[float] = field(
+        default=None, metadata={"help": "Dual-clip constant c > 1 for negative advantages (off when None)."}
+    )
+    clip_range_score: float = field(
+        default=50.0, metadata={"help": "Clip bound of the scalar reward (and of the k3 KL loss)."}
+    )
+    clip_range_value: float = field(default=5.0, metadata={"help": "Radius of the value clip."})
+    ptx_coeff: float = field(default=0.0, metadata={"help": "Weight of the supervised ptx loss (needs ptx_datasets)."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount of GAE / returns."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    normalize_reward: bool = field(
+        default=False, metadata={"help": "Normalise scores with running mean/std gathered over all ranks."}
+    )
+    normalize_advantage: bool = field(
+        default=False, metadata={"help": "Whiten advantages over all valid tokens of all ranks (per step)."}
+    )
+    loss_agg_mode: str = field(
+        default="token-mean", metadata={"help": f"Loss aggregation: {', '.join(LOSS_AGG_MODES)}."}
+    )
+
+    # ---- rollout
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (also used for log-probs)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1 = off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL repetition penalty (1 = off)."})
+    num_return_sequences: int = field(default=1, metadata={"help": "Responses sampled per prompt (group size)."})
+    max_dec_len: int = field(default=512, metadata={"help": "Most new tokens per response."})
+    min_dec_len: int = field(default=1, metadata={"help": "EOS is not allowed before this many new tokens."})
+    sampler: str = field(default="default", metadata={"help": "Registered per-step sampler name."})
+    per_device_prompt_batch_size: int = field(default=16, metadata={"help": "Prompts per device per step."})
+    per_device_rollout_batch_size: int = field(
+        default=-1, metadata={"help": "Prompts per generation call (-1 = all prompts of the step at once)."}
+    )
+    rollout_logprob_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Rows per forward pass while making experience (default per_device_train_batch_size)."},
+    )
+
+    # ---- optimisation
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the prompt dataset."})
+    max_steps: int = field(default=-1, metadata={"help": "Steps (rollout batches) to run; > 0 overrides epochs."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Rows per update micro-batch."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Prompts per evaluation batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Actor peak learning rate."})
+    min_learning_rate: Optional[float] = field(default=None, metadata={"help": "Floor of the decaying schedules."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Actor AdamW weight decay."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": f"One of {', '.join(LR_SCHEDULERS)}."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Warmup as a fraction of the optimizer steps."})
+    warmup_steps: int = field(default=0, metadata={"help": "Warmup optimizer steps (overrides warmup_ratio)."})
+    decay_steps: Optional[int] = field(default=None, metadata={"help": "Decay length (default: all steps)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (actor and critic)."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2 (actor and critic)."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Global-norm gradient clip (0 = off)."})
+    recompute: bool = field(default=False, metadata={"help": "Activation recomputation for the actor."})
+    critic_learning_rate: Optional[float] = field(default=None, metadata={"help": "Critic lr (default actor's)."})
+    critic_min_learning_rate: Optional[float] = field(default=None, metadata={"help": "Critic lr floor."})
+    critic_weight_decay: Optional[float] = field(default=None, metadata={"help": "Critic weight decay."})
+    critic_lr_scheduler_type: Optional[str] = field(default=None, metadata={"help": "Critic lr schedule."})
+    critic_warmup_ratio: Optional[float] = field(default=None, metadata={"help": "Critic warmup ratio."})
+    critic_warmup_steps: Optional[int] = field(default=None, metadata={"help": "Critic warmup steps."})
+    critic_decay_steps: Optional[int] = field(default=None, metadata={"help": "Critic decay length."})
+    critic_recompute: Optional[bool] = field(default=None, metadata={"help": "Recompute for the critic."})
+
+    # ---- logging, evaluation, checkpoints
+    logging_steps: int = field(default=1, metadata={"help": "Log metrics every this many steps."})
+    logging_dir: Optional[str] = field(default=None, metadata={"help": "VisualDL/TensorBoard dir (output_dir/runs)."})
+    report_to: Optional[List[str]] = field(
+        default=None,
+        metadata={"help": "Metric sinks besides console + metrics.jsonl: visualdl, tensorboard, none (default visualdl)."},
+    )
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar (one log line per logging step)."})
+    evaluation_strategy: str = field(default="no", metadata={"help": "no | steps | epoch."})
+    eval_steps: int = field(default=100, metadata={"help": "Evaluate every this many steps."})
+    eval_do_sample: bool = field(default=False, metadata={"help": "Sample eval responses (default greedy)."})
+    save_strategy: str = field(default="steps", metadata={"help": "no | steps | epoch."})
+    save_steps: int = field(default=500, metadata={"help": "Save a resumable checkpoint every this many steps."})
+    save_total_limit: Optional[int] = field(default=None, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "Checkpoint dir to resume, or 'latest' for the newest in output_dir."}
+    )
+    dataloader_drop_last: bool = field(default=False, metadata={"help": "Drop the last incomplete prompt batch."})
+
+    # ---- precision and parallelism (later issues; only the defaults run today)
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (not yet)."})
+    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (not yet)."})
+    fp16_opt_level: str = field(default="O1", metadata={"help": "AMP level for bf16/fp16 (O1 | O2)."})
+    tensor_parallel_degree: int = field(default=1, metadata={"help": "Tensor parallel degree (only 1 yet)."})
+    pipeline_parallel_degree: int = field(default=1, metadata={"help": "Pipeline parallel degree (only 1 yet)."})
+    pipeline_parallel_config: str = field(default="", metadata={"help": "Pipeline options (for pp > 1)."})
+    sharding_parallel_degree: int = field(default=1, metadata={"help": "Sharding degree (only 1 yet)."})
+    sharding: str = field(default="", metadata={"help": "Sharding stage (stage1 | stage2 | stage3; not yet)."})
+    eval_mode: Optional[str] = field(
+        default=None, metadata={"help": "Reshard into a generation layout: single | tensor_parallel (not yet)."}
+    )
+    offload_level: str = field(
+        default="", metadata={"help": "Offload: subset of 'freeze_model optimizer train_model' (not yet)."}
+    )
+    use_fusemt: bool = field(default=False, metadata={"help": "Fused inference operators for rollout (not yet)."})
+
+    def __post_init__(self) -> None:
+        _choice(self, "rl_algorithm", tuple(RL_ALGORITHMS))
+        _choice(self, "kl_estimator", ("k1", "k2", "k3"))
+        _choice(self, "loss_agg_mode", LOSS_AGG_MODES)
+        _choice(self, "lr_scheduler_type", LR_SCHEDULERS)
+        if self.critic_lr_scheduler_type is not None:
+            _choice(self, "critic_lr_scheduler_type", LR_SCHEDULERS)
+        _choice(self, "evaluation_strategy", STRATEGIES)
+        _choice(self, "save_strategy", STRATEGIES)
+        _choice(self, "fp16_opt_level", ("O1", "O2"))
+        _positive(
+            self, "update_iters", "temperature", "num_return_sequences", "max_dec_len", "per_device_prompt_batch_size",
+            "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+            "learning_rate", "logging_steps", "eval_steps", "save_steps", "repetition_penalty", "clip_range_ratio",
+            "clip_range_score", "clip_range_value", "rollout_logprob_batch_size", "critic_learning_rate",
+            "save_total_limit",
+        )
+        _positive(
+            self, "kl_coeff", "kl_loss_coeff", "entropy_coeff", "ptx_coeff", "weight_decay", "warmup_ratio",
+            "warmup_steps", "max_grad_norm", "min_dec_len", "top_k", "critic_weight_decay", "critic_warmup_ratio",
+            "min_learning_rate", "critic_min_learning_rate", "gamma", "lam", "clip_range_ratio_low",
+            "clip_range_ratio_high", "pg_loss_coeff", allow_zero=True,
+        )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_dec_len > self.max_dec_len:
+            raise ValueError(f"min_dec_len ({self.min_dec_len}) must be <= max_dec_len ({self.max_dec_len})")
+        if self.rl_algorithm in ("grpo", "dr_grpo", "rloo") and self.num_return_sequences < 2:
+            raise ValueError(
+                f"rl_algorithm='{self.rl_algorithm}' compares the samples of a prompt: num_return_sequences must be "
+                f">= 2, got {self.num_return_sequences}"
+            )
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1 (or None), got {self.dual_clip}")
+        rows = self.per_device_prompt_batch_size * self.num_return_sequences
+        if rows % self.per_device_train_batch_size:
+            raise ValueError(
+                f"per_device_prompt_batch_size * num_return_sequences = {self.per_device_prompt_batch_size} * "
+                f"{self.num_return_sequences} = {rows} rows per step must be divisible by "
+                f"per_device_train_batch_size ({self.per_device_train_batch_size})"
+            )
+        if (rows // self.per_device_train_batch_size) % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"the {rows // self.per_device_train_batch_size} micro-batches of a step must be divisible by "
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps})"
+            )
+        if self.per_device_rollout_batch_size in (0,) or self.per_device_rollout_batch_size < -1:
+            raise ValueError(f"per_device_rollout_batch_size must be -1 or > 0, got {self.per_device_rollout_batch_size}")
+        if self.report_to is None:
+            self.report_to = ["visualdl"]
+        elif isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        self.report_to = [r for r in self.report_to if r not in ("none", "")] if "none" not in self.report_to else []
+        for sink in self.report_to:
+            if sink not in ("visualdl", "tensorboard"):
+                raise ValueError(f"report_to entry '{sink}' is not valid; allowed values: visualdl, tensorboard, none")
+        # algorithm-dependent defaults
+        _, _, kl_in_reward = RL_ALGORITHMS[self.rl_algorithm]
+        if self.kl_coeff is None:
+            self.kl_coeff = 0.02 if kl_in_reward else 0.0
+        if self.kl_loss_coeff is None:
+            self.kl_loss_coeff = 0.0 if kl_in_reward else 0.001
+        # later issues: refuse anything but the defaults instead of ignoring it
+        if self.eval_mode in ("", "none", "None"):
+            self.eval_mode = None
+        if self.eval_mode is not None:
+            _not_yet("eval_mode", self.eval_mode, "None", "resharding the actor into a generation layout")
+        if self.offload_level.strip():
+            _not_yet("offload_level", self.offload_level, "''", "offloading models and optimizer states")
+        if self.use_fusemt:
+            _not_yet("use_fusemt", self.use_fusemt, "False", "the fused rollout operators (csrc issue)")
+        if self.bf16 or self.fp16:
+            _not_yet("bf16/fp16", True, "False", "mixed-precision PPO")
+        for name in ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"):
+            if getattr(self, name) not in (-1, 0, 1):
+                _not_yet(name, getattr(self, name), "1", "tensor/pipeline/sharding parallelism")
+        if self.sharding.strip() not in ("", "stage1"):
+            _not_yet("sharding", self.sharding, "''", "sharded optimizer states and parameters")
+
+    # ---- derived settings
+    @property
+    def advantage_estimator(self) -> str:
+        return RL_ALGORITHMS[self.rl_algorithm][0]
+
+    @property
+    def use_critic(self) -> bool:
+        return RL_ALGORITHMS[self.rl_algorithm][1]
+
+    @property
+    def rollout_rows(self) -> int:
+        """Rows (prompt x sample) per device per step."""
+        return self.per_device_prompt_batch_size * self.num_return_sequences
+
+    @property
+    def optimizer_steps_per_step(self) -> int:
+        return self.update_iters * self.rollout_rows // (self.per_device_train_batch_size * self.gradient_accumulation_steps)
+
+    @property
+    def experience_batch_size(self) -> int:
+        return self.rollout_logprob_batch_size or self.per_device_train_batch_size
+
+    def critic_value(self, name: str):
+        """``critic_<name>`` when set, else the actor's ``<name>`` (min_learning_rate and decay_steps included)."""
+        value = getattr(self, f"critic_{name}")
+        return getattr(self, name) if value is None else value
+
+
+def _not_yet(name: str, value, default: str, what: str) -> None:
+    raise NotImplementedError(
+        f"{name}={value!r} is not implemented yet ({what} lands in a later issue); leave it at {default}"
+    )
+
+
+def check_consistency(model_args: ModelArgument, data_args: DataArgument, args: PPOArguments, *, has_reward_fn=False):
+    """Cross-dataclass checks that need all three (called by the trainer)."""
+    if model_args.actor_model_name_or_path is None:
+        raise ValueError("actor_model_name_or_path is required (the SFT checkpoint of the actor)")
+    if model_args.reward_model_name_or_path is None and not has_reward_fn:
+        raise ValueError("reward_model_name_or_path is required unless a reward function is given")
+    if args.use_critic and model_args.reward_critic_model_name_or_path is None and model_args.reward_model_name_or_path is None:
+        raise ValueError(
+            "rl_algorithm='ppo' trains a critic: set reward_critic_model_name_or_path (or reward_model_name_or_path)"
+        )
+    if args.do_train and not data_args.train_datasets:
+        raise ValueError("train_datasets is required for training (e.g. PKU-SafeRLHF/train)")
+    if args.do_eval and not data_args.eval_datasets:
+        raise ValueError("do_eval needs eval_datasets")
+    if args.ptx_coeff > 0 and not data_args.ptx_datasets:
+        raise ValueError(f"ptx_coeff={args.ptx_coeff} needs ptx_datasets")
+    if args.max_dec_len >= data_args.max_length:
+        raise ValueError(f"max_dec_len ({args.max_dec_len}) must be < max_length ({data_args.max_length})")
+
+
+def field_names() -> List[str]:
+    return [f.name for cls in (ModelArgument, DataArgument, PPOArguments) for f in fields(cls)]

@@ -1,0 +1,107 @@
+"""Create the models of a PPO run through the parallel strategy.
+
+    actor      AutoModelForCausalLM from actor_model_name_or_path          trainable (wrapped)
+    reference  the same checkpoint again                                    frozen
+    reward     ScoreModel(score_type="reward") from reward_model_name_or_path  frozen, own tokenizer allowed
+    critic     ScoreModel(score_type="critic") from reward_critic_model_name_or_path (default: the reward
+               model; an LM checkpoint gets a new score head)             trainable (wrapped), PPO only
+
+On resume, ``checkpoint.load`` overwrites the actor and critic weights with the checkpoint's ``policy``/``value``;
+the reference always comes from the SFT checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from alignment.parallel import ParallelStrategy
+
+from .config import DataArgument, ModelArgument, PPOArguments
+from .trainer import PPOModels
+
+__all__ = ["load_causal_lm", "load_score_model", "build_models"]
+
+
+def load_causal_lm(path: str, *, recompute: bool = False, recompute_granularity: str = "full",
+                   use_flash_attention: bool = False, tokenizer=None):
+    """A float32 causal LM; embeddings follow ``tokenizer`` when it added a pad token."""
+    from alignment.models.loading import load_causal_lm as _load
+
+    return _load(path, dtype="float32", use_flash_attention=use_flash_attention, recompute=recompute,
+                 tokenizer=tokenizer, config_overrides={"recompute_granularity": recompute_granularity})
+
+
+def load_score_model(path: str, *, score_type: str, recompute: bool = False, use_flash_attention: bool = False,
+                     recompute_granularity: str = "full", vocab_size: Optional[int] = None,
+                     allow_new_head: bool = False):
+    """A ScoreModel without output normalisation. With ``allow_new_head`` (the critic) a causal-LM checkpoint
+    gets a new score head; a reward model without a head is an error (ScoreHeadMissingError)."""
+    from alignment.models.score_model import ScoreModel, has_score_head
+
+    model = ScoreModel.from_pretrained(
+        path, init_score_head=allow_new_head and not has_score_head(path), score_type=score_type, do_normalize=False,
+        dtype="float32", use_flash_attention=use_flash_attention, recompute=recompute,
+        config_overrides={"recompute_granularity": recompute_granularity},
+    )
+    if vocab_size is not None and model.get_input_embeddings().weight.shape[0] < vocab_size:
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+def build_models(
+    model_args: ModelArgument,
+    data_args: DataArgument,
+    args: PPOArguments,
+    strategy: ParallelStrategy,
+    *,
+    with_reward_model: bool = True,
+) -> PPOModels:
+    """Load tokenizers and the 3-4 models; trainable ones wrapped by ``strategy``."""
+    from alignment.models.loading import load_tokenizer
+
+    actor_path = model_args.actor_model_name_or_path
+    actor_tok = load_tokenizer(actor_path, padding_side="left", model_max_length=data_args.max_length)
+    lm_kwargs = dict(
+        recompute_granularity=model_args.recompute_granularity,
+        use_flash_attention=model_args.use_flash_attention,
+        tokenizer=actor_tok,
+    )
+    actor = strategy.create_model(
+        lambda: load_causal_lm(actor_path, recompute=args.recompute, **lm_kwargs), role="actor", trainable=True
+    )
+    need_reference = args.kl_coeff > 0 or args.kl_loss_coeff > 0
+    reference = (
+        strategy.create_model(lambda: load_causal_lm(actor_path, **lm_kwargs), role="reference", trainable=False)
+        if need_reference
+        else None
+    )
+    reward_model = reward_tok = None
+    if with_reward_model:
+        reward_path = model_args.reward_model_name_or_path
+        reward_tok = load_tokenizer(reward_path, padding_side="right", ensure_pad=False)
+        reward_model = strategy.create_model(
+            lambda: load_score_model(reward_path, score_type="reward", use_flash_attention=model_args.use_flash_attention),
+            role="reward", trainable=False
+        )
+    critic = None
+    if args.use_critic:
+        critic_path = model_args.reward_critic_model_name_or_path or model_args.reward_model_name_or_path
+        critic_tok = load_tokenizer(critic_path, padding_side="left")
+        if critic_tok.get_vocab() != actor_tok.get_vocab():
+            raise ValueError(
+                f"the critic ({critic_path}) must share the actor's tokenizer: its values are read per actor token. "
+                "Set reward_critic_model_name_or_path to a checkpoint with the actor's vocabulary (e.g. the SFT model)"
+            )
+        critic = strategy.create_model(
+            lambda: load_score_model(
+                critic_path, score_type="critic", recompute=bool(args.critic_value("recompute")),
+                recompute_granularity=model_args.critic_recompute_granularity,
+                use_flash_attention=model_args.use_flash_attention, vocab_size=len(actor_tok), allow_new_head=True,
+            ),
+            role="critic",
+            trainable=True,
+        )
+    return PPOModels(
+        actor=actor, reference=reference, actor_tokenizer=actor_tok, critic=critic,
+        reward_model=reward_model, reward_tokenizer=reward_tok,
+    )

@@ -1,0 +1,321 @@
+"""PPO trainer: a thin orchestrator over rollout -> experience -> advantages -> updates -> metrics.
+
+    trainer = PPOTrainer(args, models=models, strategy=strategy, train_dataset=prompts, reward_fn=None)
+    trainer.train()
+
+One *step* = one rollout batch of ``per_device_prompt_batch_size`` prompts per rank:
+1. generation   ``alignment.rollout.generate`` (KV cache; n samples per prompt, contiguous groups);
+2. experience   ``alignment.rollout.make_experience`` (old/ref log-probs, reward, values; micro-batched);
+3. advantages   ``alignment.ppo.advantages.compute_advantages`` (KL-shaped rewards, estimator, whitening);
+4. update       ``alignment.ppo.updates.PPOUpdater.update`` (update_iters epochs of actor/ptx/critic steps);
+then the metrics of the step are averaged over ranks and logged; evaluation and checkpoints follow
+``eval_steps`` / ``save_steps``. Each phase is timed (``time_generation`` ... ``time_update``).
+GRPO, Dr.GRPO, RLOO and REINFORCE++ are the same loop with another estimator and no critic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import paddle
+
+from alignment.parallel import ParallelStrategy
+from alignment.rollout import (
+    GenerationConfig,
+    Retokenizer,
+    RewardFn,
+    RolloutBatch,
+    concat_rollouts,
+    generate,
+    make_experience,
+    reward_scores,
+)
+
+from . import checkpoint
+from .advantages import RewardNormalizer, compute_advantages
+from .config import PPOArguments
+from .feeding import BatchStream
+from .optim import ScheduleSpec, build_optimizer, build_scheduler
+from .reporting import MetricsReporter, plot_curves
+from .updates import LossSettings, PPOUpdater
+
+__all__ = ["PPOModels", "PPOTrainer"]
+
+
+@dataclass
+class PPOModels:
+    """The models of a run, already created through the strategy (trainable ones wrapped)."""
+
+    actor: paddle.nn.Layer  # trainable, wrapped for data parallel
+    reference: Optional[paddle.nn.Layer]  # frozen copy of the SFT model (None: no KL term)
+    actor_tokenizer: Any
+    critic: Optional[paddle.nn.Layer] = None  # trainable (PPO only), wrapped
+    reward_model: Optional[paddle.nn.Layer] = None  # frozen score model (or use a reward_fn)
+    reward_tokenizer: Any = None  # when it differs from the actor's, rollouts are re-tokenised
+
+
+class PPOTrainer:
+    """Runs PPO-family training; see the module docstring for the phases."""
+
+    def __init__(
+        self,
+        args: PPOArguments,
+        *,
+        models: PPOModels,
+        train_dataset: Any,
+        strategy: Optional[ParallelStrategy] = None,
+        reward_fn: Optional[RewardFn] = None,
+        eval_dataset: Any = None,
+        ptx_dataset: Any = None,
+        max_length: Optional[int] = None,
+    ):
+        self.args = args
+        self.strategy = strategy or ParallelStrategy().init()
+        self.m = models
+        self.reward_fn = reward_fn
+        _check_models(args, models, reward_fn)
+        self.generation_config = _generation_config(args, models.actor_tokenizer, max_length)
+        self.retokenizer = (
+            Retokenizer(models.actor_tokenizer, models.reward_tokenizer, max_length)
+            if models.reward_model is not None and Retokenizer.needed(models.actor_tokenizer, models.reward_tokenizer)
+            else None
+        )
+        self._make_streams(train_dataset, ptx_dataset)
+        self.eval_dataset = eval_dataset
+        opt_steps = max(1, self.total_steps * args.optimizer_steps_per_step)
+        self.actor_optimizer = self._optimizer(models.actor, ScheduleSpec.from_args(args, opt_steps), critic=False)
+        self.critic_optimizer = (
+            self._optimizer(models.critic, ScheduleSpec.from_args(args, opt_steps, critic=True), critic=True)
+            if models.critic is not None
+            else None
+        )
+        self.updater = PPOUpdater(
+            models.actor, self.actor_optimizer,
+            critic=models.critic, critic_optimizer=self.critic_optimizer,
+            settings=LossSettings.from_args(args), micro_batch_size=args.per_device_train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, update_iters=args.update_iters,
+        )
+        self.reward_normalizer = RewardNormalizer() if args.normalize_reward else None
+        self.global_step = 0
+        self.history: list = []
+
+    def _make_streams(self, train_dataset, ptx_dataset) -> None:
+        """Prompt and ptx batch streams for this rank, and the number of steps of the run."""
+        a, s = self.args, self.strategy
+        self.prompts = self.ptx = None
+        if train_dataset is not None:
+            self.prompts = BatchStream(
+                train_dataset, a.per_device_prompt_batch_size, collate=train_dataset.get_collator(),
+                world_size=s.data_parallel_world_size, rank=s.data_parallel_rank, seed=a.seed,
+                drop_last=a.dataloader_drop_last,
+            )
+        if ptx_dataset is not None and a.ptx_coeff > 0:
+            self.ptx = BatchStream(
+                ptx_dataset, a.per_device_train_batch_size, collate=ptx_dataset.get_collator(),
+                world_size=s.data_parallel_world_size, rank=s.data_parallel_rank, seed=a.seed + 1,
+            )
+        self.steps_per_epoch = self.prompts.order.batches_per_epoch if self.prompts is not None else 1
+        if self.prompts is None:
+            self.total_steps = 0
+        elif a.max_steps > 0:
+            self.total_steps = a.max_steps
+        else:
+            self.total_steps = int(math.ceil(a.num_train_epochs * self.steps_per_epoch))
+
+    def _optimizer(self, model, spec: ScheduleSpec, critic: bool):
+        a = self.args
+        return build_optimizer(
+            model, build_scheduler(spec),
+            weight_decay=a.critic_value("weight_decay") if critic else a.weight_decay,
+            beta1=a.adam_beta1, beta2=a.adam_beta2, epsilon=a.adam_epsilon, max_grad_norm=a.max_grad_norm,
+        )
+
+    # ------------------------------------------------------------------ phases
+    def rollout(self, batch: Dict[str, Any], config: Optional[GenerationConfig] = None) -> RolloutBatch:
+        """Generate for one prompt batch, in chunks of per_device_rollout_batch_size prompts."""
+        config = config or self.generation_config
+        actor = self.strategy.unwrap(self.m.actor)
+        n_prompts = batch["input_ids"].shape[0]
+        chunk = self.args.per_device_rollout_batch_size
+        chunk = n_prompts if chunk <= 0 else chunk
+        parts = []
+        for s in range(0, n_prompts, chunk):
+            sl = slice(s, min(s + chunk, n_prompts))
+            parts.append(
+                generate(
+                    actor, batch["input_ids"][sl], batch["attention_mask"][sl], config,
+                    group_offset=s,
+                    prompts=None if batch.get("prompts") is None else batch["prompts"][sl],
+                    answers=None if batch.get("answers") is None else batch["answers"][sl],
+                )
+            )
+        return concat_rollouts(parts, config.pad_token_id)
+
+    def experience(self, rollout: RolloutBatch):
+        un = self.strategy.unwrap
+        return make_experience(
+            rollout,
+            actor=un(self.m.actor),
+            reference=self.m.reference,
+            reward_model=self.m.reward_model,
+            reward_fn=self.reward_fn,
+            critic=un(self.m.critic) if self.m.critic is not None else None,
+            temperature=self.args.temperature,
+            micro_batch_size=self.args.experience_batch_size,
+            retokenizer=self.retokenizer,
+        )
+
+    def step(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        """One PPO iteration on one prompt batch; returns the step's metrics averaged over ranks."""
+        a = self.args
+        t0 = time.perf_counter()
+        rollout = self.rollout(batch)
+        t1 = time.perf_counter()
+        exp = self.experience(rollout)
+        t2 = time.perf_counter()
+        exp, metrics = compute_advantages(
+            exp, estimator=a.advantage_estimator, kl_coeff=a.kl_coeff, clip_range_score=a.clip_range_score,
+            kl_estimator=a.kl_estimator, group_size=a.num_return_sequences, gamma=a.gamma, lam=a.lam,
+            normalize_advantage=a.normalize_advantage, reward_normalizer=self.reward_normalizer,
+            strategy=self.strategy,
+        )
+        t3 = time.perf_counter()
+        metrics.update(self.updater.update(exp, self.ptx))
+        t4 = time.perf_counter()
+        metrics.update(
+            time_generation=t1 - t0, time_experience=t2 - t1, time_advantages=t3 - t2, time_update=t4 - t3,
+            time_step=t4 - t0,
+        )
+        metrics = self.strategy.all_reduce_mean(metrics)
+        metrics["samples_per_second"] = len(exp) * self.strategy.data_parallel_world_size / metrics["time_step"]
+        return metrics
+
+    @paddle.no_grad()
+    def evaluate(self) -> Dict[str, float]:
+        """Mean reward of one greedy (or sampled, eval_do_sample) response per eval prompt, over all ranks."""
+        if self.eval_dataset is None:
+            return {}
+        a, s = self.args, self.strategy
+        cfg = GenerationConfig(**{**self.generation_config.__dict__, "num_return_sequences": 1, "do_sample": a.eval_do_sample})
+        n = len(self.eval_dataset)
+        per_rank = math.ceil(n / s.data_parallel_world_size)
+        mine = list(range(s.data_parallel_rank * per_rank, min(n, (s.data_parallel_rank + 1) * per_rank)))
+        collate = self.eval_dataset.get_collator()
+        total, count, length = 0.0, 0, 0.0
+        for b in range(0, len(mine), a.per_device_eval_batch_size):
+            batch = collate([self.eval_dataset[i] for i in mine[b : b + a.per_device_eval_batch_size]])
+            rollout = self.rollout(batch, cfg)
+            scores = reward_scores(
+                rollout, reward_model=self.m.reward_model, reward_fn=self.reward_fn, retokenizer=self.retokenizer,
+                micro_batch_size=a.experience_batch_size,
+            )
+            total += float(scores.sum())
+            length += float(rollout.response_lengths.astype("float32").sum())
+            count += int(scores.shape[0])
+        sums = s.all_reduce_sum(paddle.to_tensor([total, length, float(count)], dtype="float64")).numpy()
+        return {"eval_reward": sums[0] / max(sums[2], 1.0), "eval_response_length": sums[1] / max(sums[2], 1.0)}
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Dict[str, float]:
+        a, s = self.args, self.strategy
+        if a.resume_from_checkpoint:
+            path = checkpoint.resolve(a.output_dir, a.resume_from_checkpoint)
+            checkpoint.load(self, path)
+            if s.is_main_process:  # records past the checkpoint belong to the interrupted attempt
+                _truncate_metrics(a.output_dir, self.global_step)
+        else:
+            paddle.seed(a.seed + s.rank)
+        reporter = MetricsReporter(
+            a.output_dir, enabled=s.is_main_process, report_to=a.report_to, logging_dir=a.logging_dir,
+            total_steps=self.total_steps, initial_step=self.global_step, disable_tqdm=a.disable_tqdm,
+        )
+        last: Dict[str, float] = {}
+        pending: list = []
+        try:
+            while self.global_step < self.total_steps:
+                metrics = self.step(next(self.prompts))
+                self.global_step += 1
+                reporter.advance()
+                pending.append(metrics)
+                last = metrics
+                if self.global_step % a.logging_steps == 0 or self.global_step == self.total_steps:
+                    logged = _mean_records(pending)
+                    pending = []
+                    self.history.append({"step": self.global_step, **logged})
+                    reporter.log(self.global_step, logged)
+                if a.do_eval and self._due(a.evaluation_strategy, a.eval_steps):
+                    ev = self.evaluate()
+                    if ev:
+                        self.history.append({"step": self.global_step, **ev})
+                        reporter.log(self.global_step, ev)
+                if self._due(a.save_strategy, a.save_steps) and self.global_step < self.total_steps:
+                    checkpoint.save(self, os.path.join(a.output_dir, f"checkpoint-{self.global_step}"))
+                    checkpoint.rotate(a.output_dir, a.save_total_limit, s)
+        finally:
+            reporter.close()
+        if a.save_strategy != "no":
+            checkpoint.save(self, os.path.join(a.output_dir, f"checkpoint-{self.global_step}"))
+            checkpoint.rotate(a.output_dir, a.save_total_limit, s)
+        checkpoint.save_final(self, a.output_dir)
+        if s.is_main_process:
+            plot_curves(a.output_dir)
+        s.barrier()
+        return last
+
+    def _due(self, strategy: str, every: int) -> bool:
+        if strategy == "steps":
+            return self.global_step % every == 0
+        if strategy == "epoch":
+            return self.global_step % self.steps_per_epoch == 0
+        return False
+
+
+def _check_models(args: PPOArguments, models: PPOModels, reward_fn) -> None:
+    if (models.reward_model is None) == (reward_fn is None):
+        raise ValueError("PPOTrainer: give exactly one of a reward model or a reward_fn")
+    if args.use_critic and models.critic is None:
+        raise ValueError(f"rl_algorithm='{args.rl_algorithm}' needs a critic model")
+    if not args.use_critic and models.critic is not None:
+        raise ValueError(f"rl_algorithm='{args.rl_algorithm}' trains no critic; do not pass one")
+    if (args.kl_coeff > 0 or args.kl_loss_coeff > 0) and models.reference is None:
+        raise ValueError("kl_coeff / kl_loss_coeff > 0 need a reference model")
+
+
+def _generation_config(args: PPOArguments, tokenizer, max_length: Optional[int]) -> GenerationConfig:
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if pad is None or pad == eos:
+        raise ValueError(
+            "the actor tokenizer needs a pad token distinct from EOS (alignment.data.ensure_pad_token adds one); "
+            "with pad == eos a generated EOS would be masked as padding"
+        )
+    return GenerationConfig(
+        eos_token_ids=(eos,), pad_token_id=pad, max_new_tokens=args.max_dec_len, min_new_tokens=args.min_dec_len,
+        max_length=max_length, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty, num_return_sequences=args.num_return_sequences,
+        sampler=args.sampler,
+    )
+
+
+def _truncate_metrics(output_dir: str, step: int) -> None:
+    import json
+
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        from alignment.utils.io import atomic_write_text
+
+        with open(path, encoding="utf-8") as f:
+            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        atomic_write_text(path, "".join(keep))
+
+
+def _mean_records(records) -> Dict[str, float]:
+    keys = set().union(*records)
+    out = {}
+    for k in sorted(keys):
+        vals = [r[k] for r in records if k in r]
+        out[k] = max(vals) if k.endswith("_max") else min(vals) if k.endswith("_min") else sum(vals) / len(vals)
+    return out

@@ -1,0 +1,182 @@
+"""The update phase: ``update_iters`` passes of actor (+ptx) and critic mini-batch steps over one Experience.
+
+Per micro-batch of ``per_device_train_batch_size`` rows (in rollout order, groups contiguous):
+1. actor: current log-probs (same temperature as the rollout) -> registry "policy"["ppo"] clipped
+   surrogate x pg_loss_coeff (+ kl_loss_coeff x k3 KL to the reference, - entropy_coeff x entropy);
+2. ptx (when a ptx iterator is given): ptx_coeff x token-mean NLL of one supervised micro-batch,
+   accumulated into the same actor optimizer step (as PaddleNLP does);
+3. critic (PPO): registry "value"["clipped"] clipped value loss.
+Every ``gradient_accumulation_steps`` micro-batches each optimizer takes a step and its schedule advances.
+Gradients are averaged over data-parallel ranks by the wrapped models during ``backward``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional
+
+import paddle
+
+from alignment.algorithms import registry
+from alignment.algorithms.policy import entropy_bonus, kl_penalty_loss
+from alignment.algorithms.utils import gather_logps, masked_mean
+from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
+from alignment.rollout import Experience, response_logps, response_values
+
+__all__ = ["LossSettings", "PPOUpdater", "ptx_loss"]
+
+
+@dataclass
+class LossSettings:
+    """Scalar hyperparameters of the update losses (copied from PPOArguments)."""
+
+    temperature: float = 1.0
+    pg_loss_coeff: float = 1.0
+    clip_range_ratio: float = 0.2
+    clip_range_ratio_low: Optional[float] = None
+    clip_range_ratio_high: Optional[float] = None
+    dual_clip: Optional[float] = None
+    clip_range_value: float = 5.0
+    clip_range_score: float = 50.0
+    kl_loss_coeff: float = 0.0
+    entropy_coeff: float = 0.0
+    ptx_coeff: float = 0.0
+    loss_agg_mode: str = "token-mean"
+
+    @classmethod
+    def from_args(cls, args) -> "LossSettings":
+        return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
+
+
+def ptx_loss(model: paddle.nn.Layer, batch: SupervisedBatch) -> paddle.Tensor:
+    """Token-mean NLL of the supervised labels (labels unshifted, IGNORE_INDEX outside the answer)."""
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch.get("position_ids"),
+        return_dict=True,
+    )
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    labels = batch["labels"][:, 1:]
+    mask = (labels != IGNORE_INDEX).astype("float32")
+    logps = gather_logps(logits[:, :-1], labels)
+    return -masked_mean(logps, mask)
+
+
+def _flat(metrics: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:
+    """'actor/clipfrac' -> 'actor_clipfrac' (flat names for metrics.jsonl; VisualDL adds its own prefix)."""
+    return {k.replace("/", "_"): v for k, v in metrics.items()}
+
+
+class PPOUpdater:
+    """Holds the trainable models and their optimizers/schedules; ``update(exp)`` runs the whole update phase."""
+
+    def __init__(
+        self,
+        actor: paddle.nn.Layer,
+        actor_optimizer: paddle.optimizer.Optimizer,
+        *,
+        critic: Optional[paddle.nn.Layer] = None,
+        critic_optimizer: Optional[paddle.optimizer.Optimizer] = None,
+        settings: LossSettings,
+        micro_batch_size: int,
+        gradient_accumulation_steps: int = 1,
+        update_iters: int = 1,
+    ):
+        if (critic is None) != (critic_optimizer is None):
+            raise ValueError("PPOUpdater: give the critic together with its optimizer")
+        self.actor, self.actor_optimizer = actor, actor_optimizer
+        self.critic, self.critic_optimizer = critic, critic_optimizer
+        self.s = settings
+        self.micro_batch_size = micro_batch_size
+        self.gas = gradient_accumulation_steps
+        self.update_iters = update_iters
+        self.policy_fn = registry.get("policy", "ppo")
+        self.value_fn = registry.get("value", "clipped") if critic is not None else None
+
+    # ------------------------------------------------------------------ losses
+    def actor_loss(self, mb: Experience):
+        s = self.s
+        logps, logits = response_logps(
+            self.actor, mb.sequences, mb.attention_mask, mb.position_ids, mb.prompt_length, mb.response_mask,
+            temperature=s.temperature, return_logits=True,
+        )
+        pg, metrics = self.policy_fn(
+            logps, mb.old_logps, mb.advantages, mb.response_mask,
+            clip_range_ratio=s.clip_range_ratio, clip_range_ratio_low=s.clip_range_ratio_low,
+            clip_range_ratio_high=s.clip_range_ratio_high, dual_clip=s.dual_clip, loss_agg_mode=s.loss_agg_mode,
+        )
+        metrics = _flat(metrics)
+        metrics["pg_loss"] = pg
+        loss = s.pg_loss_coeff * pg
+        if s.kl_loss_coeff > 0:
+            if mb.ref_logps is None:
+                raise ValueError("kl_loss_coeff > 0 needs reference log-probs")
+            kl, _ = kl_penalty_loss(
+                logps, mb.ref_logps, mb.response_mask, clip=s.clip_range_score, loss_agg_mode=s.loss_agg_mode,
+            )
+            metrics["kl_loss"] = kl
+            loss = loss + s.kl_loss_coeff * kl
+        if s.entropy_coeff > 0:
+            ent, _ = entropy_bonus(logits, mb.response_mask, loss_agg_mode=s.loss_agg_mode)
+            metrics["entropy"] = ent
+            loss = loss - s.entropy_coeff * ent
+        metrics["actor_loss"] = loss
+        return loss, metrics
+
+    def critic_loss(self, mb: Experience):
+        values = response_values(
+            self.critic, mb.sequences, mb.attention_mask, mb.position_ids, mb.prompt_length, mb.response_mask
+        )
+        loss, metrics = self.value_fn(
+            values, mb.values, mb.returns, mb.response_mask,
+            clip_range_value=self.s.clip_range_value, loss_agg_mode=self.s.loss_agg_mode,
+        )
+        metrics = _flat(metrics)
+        metrics["critic_loss"] = loss
+        return loss, metrics
+
+    # ------------------------------------------------------------------ phase
+    def update(self, exp: Experience, ptx_batches: Optional[Iterator[SupervisedBatch]] = None) -> Dict[str, float]:
+        """All mini-batch updates of one rollout batch; returns metrics averaged over micro-batches."""
+        if exp.advantages is None:
+            raise ValueError("update: compute advantages before updating (exp.advantages is None)")
+        if self.critic is not None and (exp.values is None or exp.returns is None):
+            raise ValueError("update: the critic needs exp.values and exp.returns")
+        sums: Dict[str, List[float]] = defaultdict(list)
+        self.actor.train()
+        if self.critic is not None:
+            self.critic.train()
+        micro = exp.split(self.micro_batch_size)
+        for _ in range(self.update_iters):
+            for k, mb in enumerate(micro):
+                loss, metrics = self.actor_loss(mb)
+                (loss / self.gas).backward()
+                if ptx_batches is not None and self.s.ptx_coeff > 0:
+                    ptx = ptx_loss(self.actor, next(ptx_batches))
+                    (self.s.ptx_coeff * ptx / self.gas).backward()
+                    metrics["ptx_loss"] = ptx
+                if self.critic is not None:
+                    closs, cmetrics = self.critic_loss(mb)
+                    (closs / self.gas).backward()
+                    metrics.update(cmetrics)
+                if (k + 1) % self.gas == 0:
+                    self._step(self.actor_optimizer)
+                    if self.critic is not None:
+                        self._step(self.critic_optimizer)
+                for key, v in metrics.items():
+                    sums[key].append(float(v.astype("float32").mean()) if isinstance(v, paddle.Tensor) else float(v))
+        out = {k: sum(v) / len(v) for k, v in sums.items()}
+        out["actor_lr"] = float(self.actor_optimizer.get_lr())
+        if self.critic_optimizer is not None:
+            out["critic_lr"] = float(self.critic_optimizer.get_lr())
+        return out
+
+    @staticmethod
+    def _step(optimizer: paddle.optimizer.Optimizer) -> None:
+        optimizer.step()
+        optimizer.clear_grad(set_to_zero=False)
+        lr = optimizer._learning_rate
+        if isinstance(lr, paddle.optimizer.lr.LRScheduler):
+            lr.step()

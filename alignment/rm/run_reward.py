@@ -1,0 +1,92 @@
+"""Reward-model training: a score model learns to rank the chosen answer above the rejected one.
+
+    python alignment/rm/run_reward.py config/llama/rm_argument.json
+    python alignment/rm/run_reward.py config/llama/tiny/rm_argument.json --loss_type token-wise
+    python -m paddle.distributed.launch --nproc_per_node 2 alignment/rm/run_reward.py config/llama/tiny/rm_argument.json
+
+The argument file holds the fields of ``RewardModelArguments``, ``RewardDataArguments`` and
+``RewardArguments`` (alignment/rm/config.py) and PaddleNLP's ``TrainingArguments``; ``--flag value``
+overrides it, an unknown key is an error. The score model starts from ``model_name_or_path`` with a new head
+(``init_score_head``, default true) and the data is a ``PreferenceDataset`` (alignment/data).
+
+Output (``output_dir``): a score-model checkpoint (config.json with score_type / normaliser fields,
+model_state.pdparams, value_head.safetensors) that ``ScoreModel.from_pretrained`` loads as a reward model
+and PPO loads as reward model and critic init, the tokenizer, and ``metrics.jsonl`` (train loss, accuracy,
+rewards/*; eval_accuracy, eval_rewards/* ...).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # `python alignment/rm/run_reward.py ...`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from alignment.rm.config import RewardArguments, RewardDataArguments, RewardModelArguments  # noqa: E402
+
+__all__ = ["main", "build_trainer", "load_score_model"]
+
+
+def load_score_model(model_args: RewardModelArguments, training_args, tokenizer=None):
+    """The score model to train (a new head unless ``init_score_head`` is false), embeddings fitted to the tokenizer."""
+    from alignment.models import ScoreModel, resolve_dtype
+
+    cfg = model_args.score_config()
+    model = ScoreModel.from_pretrained(
+        model_args.model_name_or_path,
+        init_score_head=model_args.init_score_head,
+        dtype=resolve_dtype(training_args),
+        score_type=cfg.score_type,
+        do_normalize=cfg.do_normalize,
+        normalizer_type=cfg.normalizer_type,
+        momentum=cfg.momentum,
+        bias=cfg.bias,
+        use_flash_attention=model_args.use_flash_attention,
+        recompute=training_args.recompute,
+    )
+    if tokenizer is not None:
+        from alignment.data import ensure_pad_token
+
+        ensure_pad_token(tokenizer, model)
+    return model
+
+
+def build_trainer(argv: Optional[Sequence[str]] = None):
+    """Parse the arguments and build the score model, the data and the ``RewardTrainer`` (nothing trained yet)."""
+    from paddlenlp.trainer import TrainingArguments, set_seed
+
+    from alignment.data import PreferenceDataset
+    from alignment.models import load_tokenizer
+    from alignment.rm.trainer import RewardTrainer
+    from alignment.sft.run_sft import build_datasets
+    from alignment.utils.cli import parse_args
+
+    model_args, data_args, reward_args, training_args = parse_args(
+        [RewardModelArguments, RewardDataArguments, RewardArguments, TrainingArguments], argv
+    )
+    if getattr(training_args, "pipeline_parallel_degree", 1) > 1:
+        raise ValueError("pipeline_parallel_degree > 1 is not supported for reward-model training (as in PaddleNLP)")
+    set_seed(training_args.seed)
+    tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+                               padding_side="right", model_max_length=data_args.max_length)
+    model = load_score_model(model_args, training_args, tokenizer)
+    train_ds, eval_ds = build_datasets(PreferenceDataset, data_args, tokenizer, training_args.seed)
+    return RewardTrainer(
+        model=model, args=training_args, reward_args=reward_args, train_dataset=train_ds, eval_dataset=eval_ds,
+        data_collator=train_ds.get_collator(), tokenizer=tokenizer,
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    """Parse ``[config.json] [--flag value ...]``, train, save; returns the trainer."""
+    from alignment.sft.run_sft import run_trainer
+
+    trainer = build_trainer(argv)
+    run_trainer(trainer, trainer.args)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

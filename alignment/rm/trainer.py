@@ -1,0 +1,117 @@
+"""RewardTrainer: a thin PaddleNLP Trainer whose loss comes from ``alignment.algorithms`` (kind "reward").
+
+One step: chosen and rejected rows of a ``PreferenceBatch`` go through the score model as one batch of 2B
+(so a data-parallel normaliser update sees both), the per-token scores are split back into (B, L) halves,
+and ``algorithms.get("reward", loss_type)`` returns the loss and the metrics ``accuracy`` (strict
+r_chosen > r_rejected), ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, which
+``MetricsLoggingMixin`` logs for training.
+
+Evaluation gathers the end scores of every eval pair over all ranks (PaddleNLP's evaluation loop) and
+``reward_metrics`` computes ``eval_accuracy``, ``eval_rewards/chosen``, ``eval_rewards/rejected``,
+``eval_rewards/margins``, ``eval_rewards_mean`` and ``eval_rewards_std`` from them, so the numbers are
+exact over the whole eval split whatever the batch size or world size (``metric_for_best_model: accuracy``).
+
+Saving writes ``ScoreModel.save_pretrained`` (config.json with the score fields, model_state.pdparams,
+value_head.safetensors) plus the tokenizer; ``resume_from_checkpoint`` restores the same state dict.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import paddle
+from paddlenlp.trainer import Trainer
+
+from alignment.algorithms import get as get_algorithm
+from alignment.rm.config import RewardArguments
+from alignment.sft.trainer import global_batch_sampler
+from alignment.utils.trainer import MetricsLoggingMixin
+
+__all__ = ["RewardTrainer", "reward_metrics"]
+
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def reward_metrics(eval_pred) -> Dict[str, float]:
+    """Metrics of all eval pairs from predictions (N, 2) = [chosen end score, rejected end score]."""
+    preds = eval_pred.predictions
+    preds = np.asarray(preds[0] if isinstance(preds, (tuple, list)) else preds, dtype="float64").reshape([-1, 2])
+    chosen, rejected = preds[:, 0], preds[:, 1]
+    both = preds.reshape([-1])
+    return {
+        "accuracy": float((chosen > rejected).mean()),
+        "rewards/chosen": float(chosen.mean()),
+        "rewards/rejected": float(rejected.mean()),
+        "rewards/margins": float((chosen - rejected).mean()),
+        "rewards_mean": float(both.mean()),
+        "rewards_std": float(both.std()),
+    }
+
+
+class RewardTrainer(MetricsLoggingMixin, Trainer):
+    """``RewardTrainer(score_model, args, reward_args=RewardArguments(...), train_dataset=..., data_collator=...)``."""
+
+    def __init__(self, model, args, *, reward_args: Optional[RewardArguments] = None, **kwargs):
+        kwargs.setdefault("compute_metrics", reward_metrics)
+        if getattr(args, "unified_checkpoint", False):
+            raise ValueError("unified_checkpoint is not supported for score models; set unified_checkpoint false")
+        super().__init__(model=model, args=args, **kwargs)
+        self.reward_args = reward_args or RewardArguments()
+        self.loss_fn = get_algorithm("reward", self.reward_args.loss_type)
+
+    def _get_train_sampler(self):
+        return global_batch_sampler(self)
+
+    # ---------------------------------------------------------------------------------------------- loss
+    def pair_scores(self, model, inputs: Dict[str, paddle.Tensor]):
+        """One forward of the 2B rows; returns (chosen scores, rejected scores, chosen end, rejected end)."""
+        batch = inputs["chosen_input_ids"].shape[0]
+        out = model(
+            input_ids=paddle.concat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]], axis=0),
+            attention_mask=paddle.concat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]], axis=0),
+        )
+        scores, end = out.scores, out.end_scores
+        if scores.ndim == 3:  # score_dim > 1: the pairwise loss reads the first score
+            scores, end = scores[..., 0], end[..., 0]
+        return scores[:batch], scores[batch:], end[:batch], end[batch:]
+
+    def compute_loss(self, model, inputs: Dict[str, paddle.Tensor], return_outputs: bool = False):
+        chosen, rejected, chosen_end, rejected_end = self.pair_scores(model, inputs)
+        a = self.reward_args
+        loss, metrics = self.loss_fn(
+            chosen, rejected, inputs["chosen_attention_mask"], inputs["rejected_attention_mask"],
+            chosen_ids=inputs["chosen_input_ids"], rejected_ids=inputs["rejected_input_ids"],
+            regularization=a.regularization, margin=inputs.get("margin"),
+            center_rewards_coefficient=a.center_rewards_coefficient,
+        )
+        if model.training:
+            self.store_metrics(metrics, "train")
+        if return_outputs:
+            return loss, {"chosen_end_scores": chosen_end, "rejected_end_scores": rejected_end}
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with paddle.no_grad():
+            loss, out = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        preds = paddle.stack([out["chosen_end_scores"], out["rejected_end_scores"]], axis=-1).astype("float32")
+        labels = paddle.ones([preds.shape[0]], dtype="int64")  # the evaluation loop needs labels to call compute_metrics
+        return loss.detach(), preds, labels
+
+    # ---------------------------------------------------------------------------------------------- save
+    def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=False):
+        """ScoreModel.save_pretrained + tokenizer + training arguments (main process only)."""
+        from alignment.parallel import unwrap_model
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        unwrap_model(self.model).save_pretrained(output_dir)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(output_dir)
+        paddle.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))

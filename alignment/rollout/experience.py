@@ -1,0 +1,336 @@
+"""The ``Experience`` of one rollout batch and how it is made (batched, micro-batched forward passes).
+
+Layout. N rows (prompts x num_return_sequences), T = P + R columns: ``sequences`` is
+``[left pads | prompt | response | right pads]``, the response of every row starts at column P.
+Every per-token RL tensor is RESPONSE-ALIGNED with shape (N, R): column j describes response token
+``sequences[:, P + j]``:
+
+* ``old_logps[:, j]`` / ``ref_logps[:, j]`` = log softmax(logits[:, P + j - 1] / temperature)[sequences[:, P + j]]
+  (the same temperature the loss uses, so the first PPO ratio is exactly 1);
+* ``values[:, j]`` = critic score at position P + j - 1, the state in which token P + j is chosen;
+* ``response_mask[:, j]`` = 1 for the response tokens up to and including the EOS, 0 on pads after it.
+
+Reward scores are read at the row's true last token, ``P + response_length - 1`` (the EOS when the
+row stopped), never at a pad; a reward function may replace the reward model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Iterator, List, Optional, Sequence
+
+import paddle
+
+from alignment.algorithms.utils import gather_logps
+
+from .generation import RolloutBatch, eval_mode, make_position_ids
+
+__all__ = [
+    "Experience",
+    "RewardFn",
+    "Retokenizer",
+    "make_experience",
+    "response_logps",
+    "response_values",
+    "reward_scores",
+    "concat_rollouts",
+]
+
+# reward_fn(sequences (N, T) int64, attention_mask (N, T), prompts list[str] | None, answers list | None) -> (N,)
+# A reward function that also declares ``prompt_length`` (int P: responses start at column P) and/or
+# ``response_mask`` ((N, R)) keyword parameters, or ``**kwargs``, receives them too.
+RewardFn = Callable[[paddle.Tensor, paddle.Tensor, Optional[List[str]], Optional[List[Any]]], Any]
+
+
+def _extra_kwargs(fn, rollout: RolloutBatch) -> dict:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    extra = {"prompt_length": rollout.prompt_length, "response_mask": rollout.response_mask}
+    return {k: v for k, v in extra.items() if var_kw or k in params}
+
+
+@dataclass
+class Experience:
+    """One rollout batch with everything the PPO/GRPO updates need (shapes: N rows, T = P + R columns)."""
+
+    sequences: paddle.Tensor  # (N, T) int64: [left pads | prompt | response | right pads]
+    attention_mask: paddle.Tensor  # (N, T) int64: 1 on prompt + response tokens (EOS included)
+    position_ids: paddle.Tensor  # (N, T) int64: 0 on left pads, 0.. on real tokens
+    response_mask: paddle.Tensor  # (N, R) float32: 1 on response tokens up to and including EOS
+    prompt_length: int  # P: column where every response starts
+    group_ids: paddle.Tensor  # (N,) int64: rows sampled from one prompt share the id (contiguous)
+    old_logps: paddle.Tensor  # (N, R) float32: actor log-probs at rollout time (/ temperature), 0 on pads
+    ref_logps: Optional[paddle.Tensor]  # (N, R) float32: reference-model log-probs, 0 on pads
+    scores: paddle.Tensor  # (N,) float32: raw reward (reward model end score or reward_fn)
+    values: Optional[paddle.Tensor] = None  # (N, R) float32: critic values at rollout time (PPO only)
+    token_rewards: Optional[paddle.Tensor] = None  # (N, R) float32: KL-shaped per-token rewards
+    advantages: Optional[paddle.Tensor] = None  # (N, R) float32
+    returns: Optional[paddle.Tensor] = None  # (N, R) float32
+    prompts: Optional[List[str]] = None  # (N,) prompt texts, when known
+    answers: Optional[List[Any]] = None  # (N,) reference answers, when known
+
+    def __len__(self) -> int:
+        return int(self.sequences.shape[0])
+
+    @property
+    def response_length(self) -> int:
+        """R, the width of the response area."""
+        return int(self.response_mask.shape[1])
+
+    @property
+    def response_lengths(self) -> paddle.Tensor:  # (N,) float32, EOS counted
+        return self.response_mask.sum(axis=-1)
+
+    def select(self, index: Sequence[int] | paddle.Tensor) -> "Experience":
+        """Rows ``index`` (any order) as a new Experience; columns that are padding in every row are kept."""
+        idx = index if isinstance(index, paddle.Tensor) else paddle.to_tensor(list(index), dtype="int64")
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, paddle.Tensor):
+                value = paddle.index_select(value, idx, axis=0)
+            elif isinstance(value, list):
+                value = [value[int(i)] for i in idx.tolist()]
+            out[f.name] = value
+        return Experience(**out)
+
+    def split(self, micro_batch_size: int) -> List["Experience"]:
+        """Consecutive chunks of ``micro_batch_size`` rows (the last one may be smaller)."""
+        n = len(self)
+        return [self.select(list(range(s, min(s + micro_batch_size, n)))) for s in range(0, n, micro_batch_size)]
+
+    def replace(self, **changes) -> "Experience":
+        return replace(self, **changes)
+
+
+def concat_rollouts(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """Join rollout chunks of different prompt/response widths into one (re-padding both sides)."""
+    if len(batches) == 1:
+        return batches[0]
+    p_max = max(b.prompt_length for b in batches)
+    r_max = max(b.response_mask.shape[1] for b in batches)
+    seqs, masks, resp = [], [], []
+    for b in batches:
+        left, right = p_max - b.prompt_length, r_max - b.response_mask.shape[1]
+        n = b.sequences.shape[0]
+        seqs.append(
+            paddle.concat(
+                [
+                    paddle.full([n, left], pad_token_id, dtype="int64"),
+                    b.sequences,
+                    paddle.full([n, right], pad_token_id, dtype="int64"),
+                ],
+                axis=1,
+            )
+        )
+        zl, zr = paddle.zeros([n, left], dtype="int64"), paddle.zeros([n, right], dtype="int64")
+        masks.append(paddle.concat([zl, b.attention_mask.astype("int64"), zr], axis=1))
+        resp.append(paddle.concat([b.response_mask.astype("int64"), zr], axis=1))
+    mask = paddle.concat(masks)
+
+    def _join(attr):
+        parts = [getattr(b, attr) for b in batches]
+        return None if any(p is None for p in parts) else [x for p in parts for x in p]
+
+    return RolloutBatch(
+        sequences=paddle.concat(seqs),
+        attention_mask=mask,
+        position_ids=make_position_ids(mask),
+        response_mask=paddle.concat(resp),
+        prompt_length=p_max,
+        group_ids=paddle.concat([b.group_ids for b in batches]),
+        ended_with_eos=paddle.concat([b.ended_with_eos for b in batches]),
+        prompts=_join("prompts"),
+        answers=_join("answers"),
+    )
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    size = max(1, int(size))
+    for s in range(0, n, size):
+        yield slice(s, min(s + size, n))
+
+
+def response_logps(
+    model: paddle.nn.Layer,
+    sequences: paddle.Tensor,
+    attention_mask: paddle.Tensor,
+    position_ids: paddle.Tensor,
+    prompt_length: int,
+    response_mask: paddle.Tensor,
+    temperature: float = 1.0,
+    return_logits: bool = False,
+):
+    """Response-aligned log-probs (N, R) of ``sequences[:, P:]`` under ``model`` (graph kept if grads are on).
+
+    With ``return_logits`` also returns the response-aligned logits (N, R, V) divided by ``temperature``
+    (for an entropy bonus).
+    """
+    out = model(
+        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, return_dict=True
+    )
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    logits = logits[:, prompt_length - 1 : -1]
+    logps = gather_logps(logits, sequences[:, prompt_length:], temperature)
+    logps = logps * response_mask.astype(logps.dtype)
+    if return_logits:
+        return logps, (logits / temperature if temperature != 1.0 else logits)
+    return logps
+
+
+def _scores_2d(out) -> paddle.Tensor:
+    scores = out.scores if hasattr(out, "scores") else out[0]
+    if scores.ndim == 3:
+        scores = scores[..., 0]
+    return scores.astype("float32")
+
+
+def response_values(
+    critic: paddle.nn.Layer,
+    sequences: paddle.Tensor,
+    attention_mask: paddle.Tensor,
+    position_ids: paddle.Tensor,
+    prompt_length: int,
+    response_mask: paddle.Tensor,
+) -> paddle.Tensor:
+    """Response-aligned critic values (N, R): the score at position P + j - 1, zeroed on pads."""
+    out = critic(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids)
+    values = _scores_2d(out)[:, prompt_length - 1 : -1]
+    return values * response_mask.astype(values.dtype)
+
+
+class Retokenizer:
+    """Re-encode actor rollouts for a reward model whose tokenizer differs from the actor's.
+
+    Each row's real tokens are decoded with the actor tokenizer (special tokens dropped), re-encoded with
+    the reward tokenizer, the reward tokenizer's EOS is appended when the row ended with EOS, and the
+    batch is right padded with the reward tokenizer's pad id.
+    """
+
+    def __init__(self, actor_tokenizer, reward_tokenizer, max_length: Optional[int] = None):
+        self.actor_tokenizer = actor_tokenizer
+        self.reward_tokenizer = reward_tokenizer
+        self.max_length = max_length
+        pad = reward_tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else reward_tokenizer.eos_token_id
+
+    @staticmethod
+    def needed(actor_tokenizer, reward_tokenizer) -> bool:
+        """True when the two tokenizers do not map text to the same ids."""
+        if actor_tokenizer is None or reward_tokenizer is None or actor_tokenizer is reward_tokenizer:
+            return False
+        if type(actor_tokenizer) is not type(reward_tokenizer):
+            return True
+        return actor_tokenizer.get_vocab() != reward_tokenizer.get_vocab()
+
+    def __call__(self, rollout_sequences: paddle.Tensor, attention_mask: paddle.Tensor, ended_with_eos):
+        rows, ends = [], []
+        ids_np, mask_np = rollout_sequences.numpy(), attention_mask.numpy()
+        eos_np = ended_with_eos.numpy()
+        for ids, mask, eos in zip(ids_np, mask_np, eos_np):
+            text = self.actor_tokenizer.decode([int(t) for t, m in zip(ids, mask) if m], skip_special_tokens=True)
+            enc = self.reward_tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]
+            if eos and self.reward_tokenizer.eos_token_id is not None:
+                enc = list(enc) + [self.reward_tokenizer.eos_token_id]
+            if self.max_length is not None and len(enc) > self.max_length:
+                enc = enc[-self.max_length :]  # keep the response end, where the score is read
+            rows.append(enc)
+            ends.append(len(enc) - 1)
+        width = max(len(r) for r in rows)
+        input_ids = paddle.to_tensor([r + [self.pad_id] * (width - len(r)) for r in rows], dtype="int64")
+        mask = paddle.to_tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype="int64")
+        return input_ids, mask, make_position_ids(mask), paddle.to_tensor(ends, dtype="int64")
+
+
+def reward_scores(
+    rollout: RolloutBatch,
+    *,
+    reward_model: Optional[paddle.nn.Layer] = None,
+    reward_fn: Optional[RewardFn] = None,
+    retokenizer: Optional[Retokenizer] = None,
+    micro_batch_size: int = 8,
+) -> paddle.Tensor:
+    """Scalar reward per row (N,) float32, read at the row's last real token (EOS when it stopped)."""
+    if (reward_model is None) == (reward_fn is None):
+        raise ValueError("reward_scores: give exactly one of reward_model or reward_fn")
+    n = rollout.sequences.shape[0]
+    if reward_fn is not None:
+        scores = reward_fn(
+            rollout.sequences, rollout.attention_mask, rollout.prompts, rollout.answers,
+            **_extra_kwargs(reward_fn, rollout),
+        )
+        scores = paddle.to_tensor(scores, dtype="float32") if not isinstance(scores, paddle.Tensor) else scores
+        scores = scores.astype("float32").reshape([-1])
+        if scores.shape[0] != n:
+            raise ValueError(f"reward_fn returned {scores.shape[0]} scores for {n} rows")
+        return scores
+    if retokenizer is not None:
+        ids, mask, pos, end = retokenizer(rollout.sequences, rollout.attention_mask, rollout.ended_with_eos)
+    else:
+        ids, mask, pos = rollout.sequences, rollout.attention_mask, rollout.position_ids
+        end = rollout.prompt_length + rollout.response_lengths.astype("int64") - 1
+    parts = []
+    with eval_mode(reward_model):
+        for sl in _chunks(n, micro_batch_size):
+            scores = _scores_2d(reward_model(input_ids=ids[sl], attention_mask=mask[sl], position_ids=pos[sl]))
+            parts.append(paddle.take_along_axis(scores, end[sl].unsqueeze(-1), axis=-1).squeeze(-1))
+    return paddle.concat(parts)
+
+
+def make_experience(
+    rollout: RolloutBatch,
+    *,
+    actor: paddle.nn.Layer,
+    reference: Optional[paddle.nn.Layer],
+    reward_model: Optional[paddle.nn.Layer] = None,
+    reward_fn: Optional[RewardFn] = None,
+    critic: Optional[paddle.nn.Layer] = None,
+    temperature: float = 1.0,
+    micro_batch_size: int = 8,
+    retokenizer: Optional[Retokenizer] = None,
+) -> Experience:
+    """Old/ref log-probs, reward scores and critic values of ``rollout`` in micro-batches of ``micro_batch_size``.
+
+    Models should be the plain (unwrapped) layers; every pass runs in eval mode under ``no_grad``.
+    ``reference=None`` skips the reference pass (``ref_logps`` None: no KL term possible).
+    """
+    n = rollout.sequences.shape[0]
+    p = rollout.prompt_length
+    resp_mask = rollout.response_mask.astype("float32")
+    seq, mask, pos = rollout.sequences, rollout.attention_mask, rollout.position_ids
+    old, ref, val = [], [], []
+    models = [m for m in (actor, reference, critic) if m is not None]
+    with eval_mode(*models):
+        for sl in _chunks(n, micro_batch_size):
+            args = (seq[sl], mask[sl], pos[sl], p, resp_mask[sl])
+            old.append(response_logps(actor, *args, temperature=temperature))
+            if reference is not None:
+                ref.append(response_logps(reference, *args, temperature=temperature))
+            if critic is not None:
+                val.append(response_values(critic, *args))
+    scores = reward_scores(
+        rollout,
+        reward_model=reward_model,
+        reward_fn=reward_fn,
+        retokenizer=retokenizer,
+        micro_batch_size=micro_batch_size,
+    )
+    return Experience(
+        sequences=seq,
+        attention_mask=mask,
+        position_ids=pos,
+        response_mask=resp_mask,
+        prompt_length=p,
+        group_ids=rollout.group_ids,
+        old_logps=paddle.concat(old),
+        ref_logps=paddle.concat(ref) if ref else None,
+        scores=scores,
+        values=paddle.concat(val) if val else None,
+        prompts=rollout.prompts,
+        answers=rollout.answers,
+    )

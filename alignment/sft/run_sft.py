@@ -1,0 +1,101 @@
+"""Supervised fine-tuning (SFT) of a causal LM on instruction data.
+
+    python alignment/sft/run_sft.py config/llama/sft_argument.json
+    python alignment/sft/run_sft.py config/llama/tiny/sft_argument.json --max_steps 50 --lora true
+    python -m paddle.distributed.launch --nproc_per_node 2 alignment/sft/run_sft.py config/llama/tiny/sft_argument.json
+
+The argument file holds the fields of ``SFTModelArguments`` and ``DataArguments`` (alignment/sft/config.py)
+and PaddleNLP's ``TrainingArguments``; ``--flag value`` overrides it, an unknown key is an error. The data is
+a ``SupervisedDataset`` (alignment/data): answer tokens (and EOS) are learned, prompt tokens are not.
+
+Output (``output_dir``): a model ``AutoModelForCausalLM.from_pretrained`` loads (config.json +
+model_state.pdparams) and the tokenizer; with ``lora`` the adapter files (lora_config.json,
+lora_model_state.pdparams) and, with ``merge_lora_on_save`` (default), the merged full model next to them;
+``metrics.jsonl`` with one record per logging step (train loss, eval_loss).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # `python alignment/sft/run_sft.py ...`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from alignment.sft.config import DataArguments, SFTModelArguments  # noqa: E402
+
+__all__ = ["main", "build_datasets", "build_trainer", "run_trainer", "save_merged_lora"]
+
+
+def build_datasets(dataset_cls, data_args: DataArguments, tokenizer, seed: int) -> Tuple[object, Optional[object]]:
+    """(train, eval or None) tokenized datasets of ``dataset_cls`` (SupervisedDataset, PreferenceDataset)."""
+    kwargs = data_args.dataset_kwargs(seed)
+    train = dataset_cls(data_args.train_datasets, tokenizer, **kwargs)
+    if data_args.eval_datasets:
+        return train, dataset_cls(data_args.eval_datasets, tokenizer, **kwargs)
+    if data_args.eval_split_ratio > 0:
+        return train.split_train_test(data_args.eval_split_ratio, seed=seed)
+    return train, None
+
+
+def run_trainer(trainer, training_args) -> None:
+    """Train / evaluate as ``do_train`` / ``do_eval`` ask (train when neither is set), then save."""
+    do_train = training_args.do_train or not training_args.do_eval
+    if do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_state()
+    if training_args.do_eval and trainer.eval_dataset is not None:
+        trainer.log_metrics("eval", trainer.evaluate())
+
+
+def save_merged_lora(trainer, output_dir: str) -> None:
+    """Write the LoRA-merged full model (no peft needed to load it) into ``output_dir`` (main process only)."""
+    from alignment.models.loading import merge_lora_state_dict
+
+    model = trainer.model
+    state = merge_lora_state_dict(model)
+    if trainer.args.should_save:
+        model.model.save_pretrained(output_dir, state_dict=state)
+
+
+def build_trainer(argv: Optional[Sequence[str]] = None):
+    """Parse the arguments and build model, data and ``SFTTrainer`` (nothing trained yet)."""
+    from paddlenlp.trainer import TrainingArguments, set_seed
+
+    from alignment.data import SupervisedDataset
+    from alignment.models.loading import load_causal_lm, load_tokenizer, resolve_dtype, wrap_lora
+    from alignment.sft.trainer import SFTTrainer
+    from alignment.utils.cli import parse_args
+
+    model_args, data_args, training_args = parse_args([SFTModelArguments, DataArguments, TrainingArguments], argv)
+    set_seed(training_args.seed)
+    dtype = resolve_dtype(training_args)
+    tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+                               padding_side="right", model_max_length=data_args.max_length)
+    model = load_causal_lm(model_args.model_name_or_path, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
+                           recompute=training_args.recompute, tokenizer=tokenizer)
+    if model_args.lora:
+        model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=model_args.model_name_or_path)
+    train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)
+    trainer = SFTTrainer(
+        model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+        data_collator=train_ds.get_collator(), tokenizer=tokenizer,
+    )
+    trainer.model_args = model_args
+    return trainer
+
+
+def main(argv: Optional[Sequence[str]] = None):
+    """Parse ``[config.json] [--flag value ...]``, train, save; returns the trainer."""
+    trainer = build_trainer(argv)
+    run_trainer(trainer, trainer.args)
+    if trainer.model_args.lora and trainer.model_args.merge_lora_on_save:
+        save_merged_lora(trainer, trainer.args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""SFTTrainer: a thin PaddleNLP Trainer whose loss is the token-mean NLL of the answer tokens.
+
+One step: ``model(input_ids, attention_mask, position_ids)`` -> logits (B, L, V); the labels of a
+``SupervisedBatch`` are NOT shifted (token t's label sits at t), so position t-1 predicts label t; prompt and
+padding positions carry IGNORE_INDEX and do not count. The mean is over the answer tokens of the whole
+data-parallel micro-batch (each rank divides its token sum by the global token count / world size), so N
+processes with per-device batch b train exactly like one process with batch N*b.
+
+``GlobalBatchSampler`` (also used by the reward-model trainer) makes the batches themselves independent of
+the world size: one permutation of the dataset per epoch (seed + epoch), cut into global batches of
+b * world_size, rank r taking the r-th slice of each.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle.io import DistributedBatchSampler
+from paddlenlp.trainer import Trainer
+
+from alignment.data.batches import IGNORE_INDEX
+from alignment.utils.trainer import MetricsLoggingMixin
+
+__all__ = ["SFTTrainer", "GlobalBatchSampler", "global_batch_sampler", "answer_nll"]
+
+
+class GlobalBatchSampler(DistributedBatchSampler):
+    """Batches that do not depend on the number of data-parallel ranks (see the module docstring).
+
+    Not ``drop_last``: the indices are padded (wrapping around the permutation) to a multiple of
+    ``num_replicas`` so every rank yields the same number of batches; the last global batch may be short.
+    ``drop_last``: only full global batches.
+    """
+
+    def __init__(self, dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 drop_last: bool = False, seed: int = 0):
+        super().__init__(dataset, batch_size, num_replicas=num_replicas, rank=rank, shuffle=shuffle, drop_last=drop_last)
+        self.seed = int(seed)
+
+    def _global_indices(self) -> List[int]:
+        n = len(self.dataset)
+        order = np.arange(n)
+        if self.shuffle:
+            np.random.RandomState(self.seed + self.epoch).shuffle(order)
+        order = order.tolist()
+        global_batch = self.batch_size * self.nranks
+        if self.drop_last:
+            return order[: n - n % global_batch]
+        padding = (-n) % self.nranks
+        return order + (order * math.ceil(padding / max(n, 1)))[:padding]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        order = self._global_indices()
+        global_batch = self.batch_size * self.nranks
+        for start in range(0, len(order), global_batch):
+            chunk = order[start : start + global_batch]
+            per_rank = len(chunk) // self.nranks
+            yield chunk[self.local_rank * per_rank : (self.local_rank + 1) * per_rank]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._global_indices()) / (self.batch_size * self.nranks))
+
+
+def global_batch_sampler(trainer: Trainer) -> Optional[GlobalBatchSampler]:
+    """The training sampler of ``trainer`` (replaces PaddleNLP's world-size-dependent default)."""
+    if trainer.train_dataset is None:
+        return None
+    args = trainer.args
+    return GlobalBatchSampler(
+        trainer.train_dataset,
+        batch_size=args.per_device_train_batch_size,
+        num_replicas=max(int(args.dataset_world_size), 1),
+        rank=int(args.dataset_rank),
+        shuffle=True,
+        drop_last=bool(args.dataloader_drop_last),
+        seed=int(getattr(args, "data_seed", None) or args.seed),
+    )
+
+
+def _global_sum(value: paddle.Tensor) -> paddle.Tensor:
+    from alignment.parallel import ParallelStrategy
+
+    return ParallelStrategy().all_reduce_sum(value)
+
+
+def answer_nll(logits: paddle.Tensor, labels: paddle.Tensor, world_size: int = 1):
+    """Token-mean NLL of the labelled tokens, normalised by the data-parallel token count.
+
+    logits (B, L, V), labels (B, L) unshifted with IGNORE_INDEX outside the answers. Returns
+    (loss, local token sum of the NLL, global token count). With ``world_size`` N the local loss is
+    sum_local / (count_global / N), whose mean over ranks is sum_global / count_global.
+    """
+    logits = logits[:, :-1].astype("float32")
+    target = labels[:, 1:]
+    mask = (target != IGNORE_INDEX).astype("float32")
+    nll = F.cross_entropy(
+        logits.reshape([-1, logits.shape[-1]]), paddle.clip(target, min=0).reshape([-1, 1]), reduction="none"
+    ).reshape(mask.shape)
+    total = (nll * mask).sum()
+    count = mask.sum().detach()
+    if world_size > 1:
+        count = _global_sum(count)
+    loss = total * float(world_size) / paddle.clip(count, min=1.0)
+    return loss, total, count
+
+
+class SFTTrainer(MetricsLoggingMixin, Trainer):
+    """``SFTTrainer(model, args, train_dataset=..., eval_dataset=..., data_collator=ds.get_collator(), tokenizer=tok)``.
+
+    Logs ``loss`` (train), ``eval_loss``, and ``tokens`` (answer tokens per micro-batch, all ranks).
+    """
+
+    def _get_train_sampler(self):
+        return global_batch_sampler(self)
+
+    def compute_loss(self, model, inputs: Dict[str, paddle.Tensor], return_outputs: bool = False):
+        out = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs.get("attention_mask"),
+            position_ids=inputs.get("position_ids"),
+            return_dict=True,
+        )
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        world = max(int(self.args.dataset_world_size), 1)
+        loss, _, count = answer_nll(logits, inputs["labels"], world_size=world)
+        if model.training:
+            self.store_metrics({"tokens": float(count)}, "train")
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with paddle.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None

@@ -1,0 +1,162 @@
+"""Benchmark one DPO training step: tokens/s and peak memory for a stated model size and batch.
+
+A step is what ``DPOTrainer`` does: one policy forward+backward over 2B rows (chosen and rejected
+concatenated), one no-grad reference forward over the same rows, ``preference_loss`` and an AdamW
+update. The model is a random-initialised Llama built locally (no download); ``--preset`` picks its
+size. Prints a table and writes ``bench/results/dpo_step_<preset>_<device>.json`` (atomically).
+Not part of the test run.
+
+    python bench/dpo_step.py                         # preset small, batch 4 pairs x 256 tokens
+    python bench/dpo_step.py --preset 1b --batch-size 8 --seq-len 1024 --dtype bfloat16   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from alignment.algorithms.preference import PairLogps, preference_loss  # noqa: E402
+from alignment.dpo.logps import policy_pair_logps, reference_pair_logps  # noqa: E402
+from alignment.utils.io import atomic_write_json  # noqa: E402
+
+# name: (hidden, layers, heads, intermediate, vocab)
+PRESETS = {
+    "tiny": (64, 2, 4, 128, 512),
+    "small": (256, 4, 4, 688, 32000),
+    "125m": (768, 12, 12, 2048, 32000),
+    "1b": (2048, 16, 16, 5504, 32000),
+    "7b": (4096, 32, 32, 11008, 32000),
+}
+
+
+def build_model(preset: str, dtype: str, seq_len: int):
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, layers, heads, inter, vocab = PRESETS[preset]
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads, intermediate_size=inter, max_position_embeddings=max(seq_len, 2048),
+        bos_token_id=1, eos_token_id=2, pad_token_id=3, use_flash_attention=False, dtype=dtype,
+    )
+    paddle.set_default_dtype(dtype)
+    model = LlamaForCausalLM(config)
+    paddle.set_default_dtype("float32")
+    return model, vocab
+
+
+def synthetic_batch(batch_size: int, seq_len: int, vocab: int, seed: int = 0):
+    """Right-padded pairs: a prompt of seq_len/4 tokens, answers filling the rest (rejected a bit shorter)."""
+    rng = np.random.RandomState(seed)
+    prompt = seq_len // 4
+    out = {}
+    for side, length in (("chosen", seq_len), ("rejected", seq_len - seq_len // 8)):
+        ids = np.full((batch_size, seq_len), 3, dtype="int64")
+        ids[:, :length] = rng.randint(4, vocab, size=(batch_size, length))
+        mask = np.zeros_like(ids)
+        mask[:, :length] = 1
+        labels = np.where(mask == 1, ids, -100)
+        labels[:, :prompt] = -100
+        out[f"{side}_input_ids"] = paddle.to_tensor(ids)
+        out[f"{side}_attention_mask"] = paddle.to_tensor(mask)
+        out[f"{side}_labels"] = paddle.to_tensor(labels)
+    return out
+
+
+def peak_memory_mib(device: str) -> float:
+    if device.startswith("gpu"):
+        return paddle.device.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--batch-size", type=int, default=4, help="preference pairs per step (2x rows)")
+    parser.add_argument("--seq-len", type=int, default=256, help="padded length of each chosen/rejected row")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--loss-type", default="sigmoid")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+
+    device = paddle.device.get_device()
+    paddle.seed(0)
+    policy, vocab = build_model(args.preset, args.dtype, args.seq_len)
+    reference, _ = build_model(args.preset, args.dtype, args.seq_len)
+    reference.eval()
+    for p in reference.parameters():
+        p.stop_gradient = True
+    n_params = sum(int(np.prod(p.shape)) for p in policy.parameters())
+    optimizer = paddle.optimizer.AdamW(learning_rate=1e-6, parameters=policy.parameters())
+    batch = synthetic_batch(args.batch_size, args.seq_len, vocab)
+    tokens_per_step = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+
+    def step() -> float:
+        ref = reference_pair_logps(reference, batch, pad_token_id=3)
+        pol = policy_pair_logps(policy, batch, pad_token_id=3)
+        logps = PairLogps(pol.chosen, pol.rejected, ref.chosen, ref.rejected, pol.chosen_lengths,
+                          pol.rejected_lengths, pol.chosen_nll)
+        loss, _ = preference_loss(args.loss_type, logps, beta=0.1)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        return float(loss)
+
+    for _ in range(args.warmup):
+        step()
+    if device.startswith("gpu"):
+        paddle.device.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.startswith("gpu"):
+        paddle.device.synchronize()
+    elapsed = time.perf_counter() - start
+
+    result = {
+        "benchmark": "dpo_step",
+        "preset": args.preset,
+        "parameters": n_params,
+        "dtype": args.dtype,
+        "loss_type": args.loss_type,
+        "batch_pairs": args.batch_size,
+        "rows_per_forward": 2 * args.batch_size,
+        "seq_len": args.seq_len,
+        "tokens_per_step": tokens_per_step,
+        "steps": args.steps,
+        "seconds_per_step": elapsed / args.steps,
+        "tokens_per_s": tokens_per_step * args.steps / elapsed,
+        "peak_memory_mib": peak_memory_mib(device),
+        "peak_memory_kind": "GPU max allocated" if device.startswith("gpu") else "process max RSS",
+        "device": device,
+        "cpu_threads": paddle.get_flags(["FLAGS_paddle_num_threads"]).get("FLAGS_paddle_num_threads")
+        if hasattr(paddle, "get_flags") else None,
+        "machine": platform.machine(),
+        "paddle": paddle.__version__,
+    }
+    width = max(len(k) for k in result)
+    print("-" * (width + 24))
+    for key, value in result.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+        print(f"{key:<{width}}  {shown}")
+    print("-" * (width + 24))
+    out = Path(args.out) / f"dpo_step_{args.preset}_{device.split(':')[0]}.json"
+    atomic_write_json(out, result)
+    print(f"written {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""ParallelStrategy: single-process behaviour, and the collectives over two CPU processes (gloo)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from alignment.parallel import ParallelStrategy, masked_moments, unwrap_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def launch(script: Path, args, log_dir: Path, nproc: int = 2, timeout: int = 300):
+    """Run ``script`` under ``paddle.distributed.launch`` on CPU; returns the CompletedProcess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+           "--log_dir", str(log_dir), str(script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("workerlog.*")))
+        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{logs}")
+    return proc
+
+
+def test_single_process_defaults():
+    s = ParallelStrategy().init()
+    assert (s.world_size, s.rank, s.is_main_process, s.distributed) == (1, 0, True, False)
+    assert s.all_reduce_mean({"b": 2, "a": 1}) == {"a": 1.0, "b": 2.0}
+    t = paddle.arange(3, dtype="float32")
+    np.testing.assert_array_equal(s.all_gather(t).numpy(), t.numpy())
+    assert s.all_gather_object(5) == [5] and s.broadcast_object("x") == "x"
+    assert s.shard_slice(6) == slice(0, 6)
+    s.barrier()
+
+
+def test_create_model_freezes_or_wraps():
+    s = ParallelStrategy().init()
+    frozen = s.create_model(lambda: paddle.nn.Linear(2, 2), role="reference", trainable=False)
+    assert not frozen.training and all(p.stop_gradient for p in frozen.parameters())
+    trained = s.create_model(lambda: paddle.nn.Linear(2, 2), role="actor", trainable=True)
+    assert trained.training and not any(p.stop_gradient for p in trained.parameters())
+    assert unwrap_model(trained) is trained  # one process: nothing to wrap
+
+
+@pytest.mark.parametrize("name", ["tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"])
+def test_later_degrees_are_refused(name):
+    with pytest.raises(NotImplementedError, match=name):
+        ParallelStrategy(**{name: 2})
+    assert getattr(ParallelStrategy(**{name: -1}), name) == 1
+
+
+def test_masked_moments_single_process():
+    rng = np.random.default_rng(1)
+    v, m = rng.normal(size=(3, 7)), (rng.random((3, 7)) > 0.4)
+    count, mean, var = masked_moments(None, paddle.to_tensor(v), paddle.to_tensor(m.astype("float32")))
+    assert float(count) == m.sum()
+    np.testing.assert_allclose(float(mean), v[m].mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(var), v[m].var(ddof=1), rtol=1e-6)
+
+
+@pytest.mark.distributed
+def test_two_process_collectives(tmp_path):
+    launch(Path(__file__).with_name("_collectives_worker.py"), [tmp_path], tmp_path / "log")
+    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r, x in enumerate(res):
+        assert x["world_size"] == 2 and x["rank"] == r and x["is_main"] == (r == 0)
+        assert x["mean"] == {"a": 1.5, "len_max": 10.0, "len_min": 1.0}
+        assert x["gather"] == [0.0, 1.0, 100.0, 101.0, 102.0]  # ragged: 2 items from rank 0, 3 from rank 1
+        assert x["sum"] == [2.0, 1.0]
+        assert x["objects"] == [{"r": 0}, {"r": 1}] and x["broadcast"] == "from-0"
+        assert x["slice"] == [4 * r, 4 * r + 4]
+        assert x["wrapped"] == "DataParallel"
+    rng = np.random.default_rng(0)
+    vals = rng.normal(size=(2, 4, 5)).astype("float32")
+    mask = (rng.random((2, 4, 5)) > 0.3)
+    count, mean, var = res[0]["moments"]
+    assert res[1]["moments"] == res[0]["moments"]
+    assert count == mask.sum()
+    np.testing.assert_allclose(mean, vals[mask].mean(), rtol=1e-5)
+    np.testing.assert_allclose(var, vals[mask].var(ddof=1), rtol=1e-5)
+    # DP gradient == single-process gradient of the whole batch
+    paddle.seed(7)
+    model = paddle.nn.Linear(5, 3)
+    x = paddle.to_tensor(rng.normal(size=(4, 5)).astype("float32"))
+    model(x).pow(2).mean().backward()
+    for r in range(2):
+        np.testing.assert_allclose(np.array(res[r]["grad"]), model.weight.grad.numpy(), atol=1e-6)
