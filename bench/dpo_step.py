@@ -13,7 +13,6 @@ Not part of the test run.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -84,7 +83,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--batch-size", type=int, default=4, help="preference pairs per step (2x rows)")
     parser.add_argument("--seq-len", type=int, default=256, help="padded length of each chosen/rejected row")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (after --warmup)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--loss-type", default="sigmoid")

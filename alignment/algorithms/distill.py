@@ -9,7 +9,7 @@ import paddle
 import paddle.nn.functional as F
 
 from .registry import register
-from .utils import masked_mean
+from .utils import log_softmax, masked_mean
 
 __all__ = ["generalized_jsd"]
 
@@ -50,8 +50,8 @@ def generalized_jsd(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     dtype = "float64" if student_logits.dtype == paddle.float64 else "float32"
-    log_ps = F.log_softmax(student_logits.astype(dtype) / temperature, axis=-1)
-    log_pt = F.log_softmax(teacher_logits.astype(dtype) / temperature, axis=-1)
+    log_ps = log_softmax(student_logits.astype(dtype) / temperature)
+    log_pt = log_softmax(teacher_logits.astype(dtype) / temperature)
     if beta == 0.0:
         per_token = _kl(log_pt, log_ps)
     elif beta == 1.0:

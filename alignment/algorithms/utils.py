@@ -10,7 +10,7 @@ from typing import Optional
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten", "gather_logps", "sequence_logps", "entropy_from_logits", "last_token_index"]
+__all__ = ["log_softmax", "masked_sum", "masked_mean", "masked_var", "masked_whiten", "gather_logps", "sequence_logps", "entropy_from_logits", "last_token_index"]
 
 
 def masked_sum(values: paddle.Tensor, mask: paddle.Tensor, axis: Optional[int] = None) -> paddle.Tensor:
@@ -46,18 +46,30 @@ def masked_whiten(values: paddle.Tensor, mask: paddle.Tensor, shift_mean: bool =
     return out * mask.astype(values.dtype)
 
 
+def log_softmax(logits: paddle.Tensor, axis: int = -1) -> paddle.Tensor:
+    """``z - logsumexp(z)``: the same values as ``F.log_softmax``.
+
+    Written out because Paddle 3.3.1's CPU ``log_softmax`` kernel grows quadratically with the class count
+    (measured here: 2,048 rows x 8,000 classes took 27 s against 0.35 s for ``logsumexp``), which made
+    real vocabularies unusable on CPU.
+    """
+    return logits - paddle.logsumexp(logits, axis=axis, keepdim=True)
+
+
 def gather_logps(logits: paddle.Tensor, labels: paddle.Tensor, temperature: float = 1.0) -> paddle.Tensor:
-    """Per-token log-probabilities ``log softmax(logits / T)[label]``.
+    """Per-token log-probabilities ``log softmax(logits / T)[label]`` = ``z[label] - logsumexp(z)``.
 
     logits: (B, L, V); labels: (B, L) int64 (any value at ignored positions, they are clamped to 0).
-    Returns (B, L) in float32 or the logits' dtype if it is float64.
+    Returns (B, L) in float32, or float64 for float64 logits. The (B, L, V) log-softmax is never built
+    (see ``log_softmax`` for why that matters on CPU).
     """
-    if temperature != 1.0:
-        logits = logits / temperature
     dtype = "float64" if logits.dtype == paddle.float64 else "float32"
-    logp = F.log_softmax(logits.astype(dtype), axis=-1)
+    z = logits.astype(dtype)
+    if temperature != 1.0:
+        z = z / temperature
     safe = paddle.clip(labels, min=0).astype("int64")
-    return paddle.take_along_axis(logp, safe.unsqueeze(-1), axis=-1).squeeze(-1)
+    picked = paddle.take_along_axis(z, safe.unsqueeze(-1), axis=-1).squeeze(-1)
+    return picked - paddle.logsumexp(z, axis=-1)
 
 
 def sequence_logps(

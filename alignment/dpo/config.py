@@ -15,7 +15,7 @@ ORPO's lambda is ``beta`` (as in TRL). CPO, SimPO and ORPO never load a referenc
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-__all__ = ["DPOArguments", "ModelArguments", "DataArguments", "RLHF_TYPES", "PREF_LOSS_NAMES"]
+__all__ = ["DPOArguments", "RLHF_TYPES", "PREF_LOSS_NAMES"]
 
 RLHF_TYPES = ("dpo", "cpo", "simpo", "orpo")
 PREF_LOSS_NAMES = ("sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo")
@@ -165,74 +165,3 @@ class DPOArguments:
             return False
         return any(name not in self._reference_free_names and name != "sft" for name in self.loss_type)
 
-
-# ------------------------------------------------------------------------ model and data (shared by
-# run_dpo.py, run_kto.py and run_gkd.py)
-@dataclass
-class ModelArguments:
-    """Which model to train and how (full fine-tuning or LoRA)."""
-
-    model_name_or_path: str = field(
-        default="facebook/llama-7b", metadata={"help": "Hub name or local path of the start (policy / student) model."}
-    )
-    tokenizer_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Tokenizer hub name or path (default: model_name_or_path)."}
-    )
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (paddlenlp.peft) instead of all weights."})
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (> 0)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (> 0)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
-    lora_target_modules: List[str] = field(
-        default_factory=lambda: [".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*gate_proj.*",
-                                 ".*up_proj.*", ".*down_proj.*"],
-        metadata={"help": "Regexes of the linear layers that get adapters (default: every Llama projection)."},
-    )
-    use_flash_attention: bool = field(default=False, metadata={"help": "Use flash attention (GPU only)."})
-
-    def __post_init__(self) -> None:
-        if self.lora_rank <= 0:
-            raise ValueError(f"lora_rank must be > 0, got {self.lora_rank}")
-        if self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-
-
-@dataclass
-class DataArguments:
-    """Where the data comes from and how it is tokenized (see alignment/data/API.md for the spec syntax)."""
-
-    train_datasets: str = field(
-        default="json:1.0:data/train.jsonl",
-        metadata={"help": "Dataset spec 'name[:ratio[:path]],...', e.g. 'json:1.0:/data/pref.jsonl' (TRL, "
-                          "LLaMA-Factory, ms-swift, PKU-SafeRLHF and hh-rlhf record layouts are detected)."},
-    )
-    eval_datasets: Optional[str] = field(default=None, metadata={"help": "Held-out dataset spec (optional)."})
-    eval_split_ratio: float = field(
-        default=0.0, metadata={"help": "Without eval_datasets: fraction of the training data held out, in [0, 1)."}
-    )
-    max_length: int = field(default=1024, metadata={"help": "Maximum prompt + answer tokens (> 0)."})
-    max_prompt_length: Optional[int] = field(
-        default=512, metadata={"help": "Maximum prompt tokens (its start is cut); None = no separate cap."}
-    )
-    template: str = field(default="beaver", metadata={"help": "Prompt template: beaver, chat or raw."})
-    truncation: str = field(
-        default="keep_prompt_end", metadata={"help": "Too-long samples: keep_prompt_end (cut the prompt start) or drop."}
-    )
-    system: Optional[str] = field(default=None, metadata={"help": "Default system prompt."})
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.eval_split_ratio < 1.0:
-            raise ValueError(f"eval_split_ratio must be in [0, 1), got {self.eval_split_ratio}")
-        if self.max_length <= 0:
-            raise ValueError(f"max_length must be > 0, got {self.max_length}")
-        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(f"max_prompt_length must be in (0, max_length={self.max_length}), got {self.max_prompt_length}")
-        from alignment.data import TEMPLATES, TRUNCATION_MODES
-
-        if self.template not in TEMPLATES:
-            raise ValueError(f"template='{self.template}' is not valid; allowed values: {', '.join(TEMPLATES)}")
-        if self.truncation not in TRUNCATION_MODES:
-            raise ValueError(
-                f"truncation='{self.truncation}' is not valid; allowed values: {', '.join(TRUNCATION_MODES)}"
-            )

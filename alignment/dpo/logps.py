@@ -24,6 +24,7 @@ from alignment.algorithms.utils import gather_logps
 from alignment.data.batches import IGNORE_INDEX, PreferenceBatch
 
 __all__ = [
+    "token_logps",
     "CompletionLogps",
     "PairForward",
     "position_ids_from_mask",
@@ -92,14 +93,19 @@ def completion_logps(
     logits = model_logits(model, input_ids, attention_mask)
     targets = labels[:, 1:]
     mask = (targets != IGNORE_INDEX).astype("float32")
-    token_logps = gather_logps(logits[:, :-1], targets, temperature).astype("float32") * mask
+    per_token = token_logps(logits[:, :-1], targets, temperature).astype("float32") * mask
     return CompletionLogps(
-        token_logps=token_logps,
+        token_logps=per_token,
         mask=mask,
-        logps=token_logps.sum(axis=-1),
+        logps=per_token.sum(axis=-1),
         lengths=mask.sum(axis=-1),
         logits=logits if return_logits else None,
     )
+
+
+def token_logps(logits: paddle.Tensor, labels: paddle.Tensor, temperature: float = 1.0) -> paddle.Tensor:
+    """``log softmax(logits / T)[label]``; see ``alignment.algorithms.utils.gather_logps``."""
+    return gather_logps(logits, labels, temperature)
 
 
 def _pad_to(x: paddle.Tensor, length: int, value: int) -> paddle.Tensor:

@@ -26,18 +26,12 @@ from alignment.algorithms import registry
 from alignment.algorithms.preference import PairLogps, RunningMoments, preference_loss
 from alignment.dpo.config import DPOArguments
 from alignment.dpo.logps import PairForward, policy_pair_logps, reference_pair_logps
+from alignment.models.loading import freeze
 from alignment.utils.trainer import MetricsLoggingMixin
 
-__all__ = ["DPOTrainer", "freeze_model", "WithReferenceLogps", "ReferenceLogpsCollator"]
+__all__ = ["DPOTrainer", "WithReferenceLogps", "ReferenceLogpsCollator"]
 
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
-
-
-def freeze_model(model) -> None:
-    """Eval mode and ``stop_gradient`` on every parameter (reference and teacher models)."""
-    model.eval()
-    for p in model.parameters():
-        p.stop_gradient = True
 
 
 class WithReferenceLogps(Dataset):
@@ -94,7 +88,7 @@ class DPOTrainer(MetricsLoggingMixin, Trainer):
         self.pad_token_id = pad_token_id
         self.ref_model = ref_model if dpo_args.needs_reference else None
         if self.ref_model is not None:
-            freeze_model(self.ref_model)
+            freeze(self.ref_model)
         elif dpo_args.needs_reference and not hasattr(model, "disable_lora"):
             raise ValueError("this loss needs a reference model: pass ref_model, or train a LoRA policy "
                              "(its adapters are disabled to score the reference)")

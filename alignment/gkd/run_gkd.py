@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # `python alignment/gkd/run_gkd.py ...`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from alignment.dpo.config import DataArguments, ModelArguments  # noqa: E402
 from alignment.gkd.config import GKDArguments  # noqa: E402
+from alignment.sft.config import DataArguments, SFTModelArguments  # noqa: E402
 
 __all__ = ["main"]
 
@@ -29,28 +29,28 @@ def main(argv: Optional[Sequence[str]] = None):
     from paddlenlp.trainer import TrainingArguments, set_seed
 
     from alignment.data import SupervisedDataset
-    from alignment.dpo.run_dpo import build_datasets, load_causal_lm, load_tokenizer, run_trainer, wrap_lora
+    from alignment.dpo.run_dpo import finish, load_models
     from alignment.gkd.trainer import GKDTrainer
+    from alignment.models.loading import load_causal_lm, resolve_dtype
+    from alignment.sft.run_sft import build_datasets
     from alignment.utils.cli import ArgumentError, parse_args
 
     model_args, data_args, gkd_args, training_args = parse_args(
-        [ModelArguments, DataArguments, GKDArguments, TrainingArguments], argv
+        [SFTModelArguments, DataArguments, GKDArguments, TrainingArguments], argv
     )
     if not gkd_args.teacher_model_name_or_path:
         raise ArgumentError("teacher_model_name_or_path is required for GKD (a hub name or local path)")
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(model_args)
-    model = load_causal_lm(model_args.model_name_or_path, model_args, training_args, tokenizer)
-    teacher = load_causal_lm(gkd_args.teacher_model_name_or_path, model_args, training_args, tokenizer, frozen=True)
-    if model_args.lora:
-        model = wrap_lora(model, model_args, training_args)
+    tokenizer, model, _ = load_models(model_args, training_args, reference=None, need_reference=False)
+    teacher = load_causal_lm(gkd_args.teacher_model_name_or_path, dtype=resolve_dtype(training_args),
+                             use_flash_attention=model_args.use_flash_attention, tokenizer=tokenizer, frozen=True)
     train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)
     trainer = GKDTrainer(
         model, training_args, gkd_args=gkd_args, teacher_model=teacher, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=train_ds.get_collator(), tokenizer=tokenizer,
     )
-    run_trainer(trainer, training_args, tokenizer)
+    finish(trainer, model_args, training_args)
     return trainer
 
 

@@ -19,11 +19,10 @@ import paddle
 from paddlenlp.trainer import Trainer
 
 from alignment.algorithms import registry
-from alignment.algorithms.utils import gather_logps
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
-from alignment.dpo.logps import model_logits, position_ids_from_mask
-from alignment.dpo.trainer import freeze_model
+from alignment.dpo.logps import model_logits, position_ids_from_mask, token_logps
 from alignment.gkd.config import GKDArguments
+from alignment.models.loading import freeze
 from alignment.utils.trainer import MetricsLoggingMixin
 
 __all__ = ["GKDTrainer", "split_prompts", "generate_completions"]
@@ -86,7 +85,7 @@ class GKDTrainer(MetricsLoggingMixin, Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.gkd_args = gkd_args
         self.teacher_model = teacher_model
-        freeze_model(teacher_model)
+        freeze(teacher_model)
         self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
         self.jsd = registry.get("distill", "generalized_jsd")
         self._rng = random.Random(args.seed)
@@ -123,8 +122,8 @@ class GKDTrainer(MetricsLoggingMixin, Trainer):
         loss, metrics = self.jsd(student_logits[:, :-1], teacher_logits[:, :-1], mask, beta=a.beta, temperature=1.0)
         metrics = dict(metrics)
         if a.sft_alpha > 0:
-            token_logps = gather_logps(student_logits[:, :-1], labels[:, 1:]) * mask
-            nll = -token_logps.sum() / paddle.clip(mask.sum(), min=1.0)
+            per_token = token_logps(student_logits[:, :-1], labels[:, 1:]) * mask
+            nll = -per_token.sum() / paddle.clip(mask.sum(), min=1.0)
             loss = loss + a.sft_alpha * nll
             metrics["nll"] = nll.detach()
         if model.training:

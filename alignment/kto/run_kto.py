@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # `python alignment/kto/run_kto.py ...`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from alignment.dpo.config import DataArguments, ModelArguments  # noqa: E402
 from alignment.kto.config import KTOArguments  # noqa: E402
+from alignment.sft.config import DataArguments, SFTModelArguments  # noqa: E402
 
 __all__ = ["main", "check_class_ratio"]
 
@@ -50,29 +50,23 @@ def main(argv: Optional[Sequence[str]] = None):
     from paddlenlp.trainer import TrainingArguments, set_seed
 
     from alignment.data import UnpairedPreferenceDataset
-    from alignment.dpo.run_dpo import build_datasets, load_causal_lm, load_tokenizer, run_trainer, wrap_lora
+    from alignment.dpo.run_dpo import finish, load_models
     from alignment.kto.trainer import KTOTrainer
+    from alignment.sft.run_sft import build_datasets
     from alignment.utils.cli import parse_args
 
     model_args, data_args, kto_args, training_args = parse_args(
-        [ModelArguments, DataArguments, KTOArguments, TrainingArguments], argv
+        [SFTModelArguments, DataArguments, KTOArguments, TrainingArguments], argv
     )
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(model_args)
-    model = load_causal_lm(model_args.model_name_or_path, model_args, training_args, tokenizer)
-    ref_model = None
-    if kto_args.ref_model or not model_args.lora:
-        ref_model = load_causal_lm(kto_args.ref_model or model_args.model_name_or_path, model_args, training_args,
-                                   tokenizer, frozen=True)
-    if model_args.lora:
-        model = wrap_lora(model, model_args, training_args)
+    tokenizer, model, ref_model = load_models(model_args, training_args, reference=kto_args.ref_model, need_reference=True)
     train_ds, eval_ds = build_datasets(UnpairedPreferenceDataset, data_args, tokenizer, training_args.seed)
     check_class_ratio(train_ds, kto_args)
     trainer = KTOTrainer(
         model, training_args, kto_args=kto_args, ref_model=ref_model, pad_token_id=tokenizer.pad_token_id,
         train_dataset=train_ds, eval_dataset=eval_ds, data_collator=train_ds.get_collator(), tokenizer=tokenizer,
     )
-    run_trainer(trainer, training_args, tokenizer)
+    finish(trainer, model_args, training_args)
     return trainer
 
 

@@ -16,8 +16,8 @@ from paddlenlp.trainer import Trainer
 from alignment.algorithms import registry
 from alignment.data.batches import IGNORE_INDEX
 from alignment.dpo.logps import completion_logps, reference_context
-from alignment.dpo.trainer import freeze_model
 from alignment.kto.config import KTOArguments
+from alignment.models.loading import freeze
 from alignment.utils.trainer import MetricsLoggingMixin
 
 __all__ = ["KTOTrainer"]
@@ -41,7 +41,7 @@ class KTOTrainer(MetricsLoggingMixin, Trainer):
         self.pad_token_id = pad_token_id
         self.ref_model = ref_model
         if ref_model is not None:
-            freeze_model(ref_model)
+            freeze(ref_model)
         elif not hasattr(model, "disable_lora"):
             raise ValueError("KTO needs a reference model: pass ref_model, or train a LoRA policy "
                              "(its adapters are disabled to score the reference)")

@@ -94,6 +94,10 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
         parsed = parser.parse_args_into_dataclasses(args=tokens, return_remaining_strings=True)
     except SystemExit as e:  # argparse reports bad values by exiting; keep the message it printed
         raise ArgumentError(f"invalid command-line or file value (argparse exit {e.code}); see the message above") from None
+    except ArgumentError:
+        raise
+    except ValueError as e:  # a dataclass __post_init__ check: its message names the field
+        raise ArgumentError(str(e)) from e
     *objs, remaining = parsed
     if remaining:
         raise ArgumentError(f"unrecognised arguments: {' '.join(remaining)}")

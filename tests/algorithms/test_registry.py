@@ -70,3 +70,20 @@ def test_preference_registry_lists_every_loss_of_the_issue():
     assert {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"} <= set(
         algorithms.available("aggregation")
     )
+
+
+def test_gather_logps_matches_log_softmax_reference():
+    """gather_logps avoids materialising log_softmax (slow on CPU); values must not change."""
+    import numpy as np
+    import paddle
+
+    from alignment.algorithms.utils import gather_logps, log_softmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 7)) * 5
+    labels = rng.integers(0, 7, size=(2, 3))
+    ref = logits / 0.7 - np.log(np.exp(logits / 0.7).sum(-1, keepdims=True))
+    expected = np.take_along_axis(ref, labels[..., None], -1)[..., 0]
+    got = gather_logps(paddle.to_tensor(logits), paddle.to_tensor(labels), temperature=0.7)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-10)
+    np.testing.assert_allclose(log_softmax(paddle.to_tensor(logits)).numpy(), logits - np.log(np.exp(logits).sum(-1, keepdims=True)), atol=1e-10)

@@ -27,6 +27,7 @@ from alignment.utils.trainer import read_metrics
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SHIPPED_PREFERENCES = FIXTURES / "trl_preference.jsonl"
+TINY_CONFIGS = Path(__file__).resolve().parents[2] / "config" / "llama" / "tiny"
 
 # ------------------------------------------------------------------------------ synthetic tasks
 # A prompt names a topic word; the preferred answer is friendly about it, the dispreferred one rude.
@@ -121,11 +122,9 @@ def shipped(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def reference_model(tiny_model_dir):
-    from alignment.dpo.trainer import freeze_model
+    from alignment.models.loading import freeze
 
-    ref = load_tiny(tiny_model_dir)
-    freeze_model(ref)
-    return ref
+    return freeze(load_tiny(tiny_model_dir))
 
 
 # ----------------------------------------------------------------------------- log-prob plumbing
@@ -144,6 +143,19 @@ def test_pair_logps_match_loop_reference(tiny_model_dir, shipped):
     np.testing.assert_allclose(pair.chosen_lengths.numpy(), counts[:b])
     np.testing.assert_allclose(pair.rejected_lengths.numpy(), counts[b:])
     np.testing.assert_allclose(float(pair.chosen_nll), -expected[:b].sum() / counts[:b].sum(), rtol=1e-5)
+
+
+def test_token_logps_equals_gather_logps():
+    from alignment.algorithms.utils import gather_logps
+    from alignment.dpo.logps import token_logps
+
+    paddle.seed(0)
+    logits = paddle.randn([3, 7, 50]) * 4
+    labels = paddle.randint(0, 50, [3, 7])
+    labels[0, 0] = IGNORE_INDEX
+    for temperature in (1.0, 0.7):
+        np.testing.assert_allclose(token_logps(logits, labels, temperature).numpy(),
+                                   gather_logps(logits, labels, temperature).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_ld_alpha_weights_tokens_past_the_shorter_answer(tiny_model_dir, shipped):
@@ -211,6 +223,7 @@ def test_every_registered_loss_lowers_its_loss_and_updates_every_parameter(
     optimized = {id(p) for p in trainer.optimizer._parameter_list}
     assert optimized == {id(p) for p in model.parameters()}
     assert not optimized & {id(p) for p in reference_model.parameters()}
+    print(f"{name}: fixed-batch loss {before:.5f} -> {after:.5f}")
     assert after < before, f"{name}: loss {before:.5f} -> {after:.5f}"
     unchanged = [k for k, v in trainable_snapshot(model).items() if np.array_equal(v, params_before[k])]
     assert not unchanged, f"{name}: parameters not updated: {unchanged}"
@@ -341,13 +354,10 @@ def test_missing_reference_is_an_error(tiny_model_dir, shipped, tmp_path):
 
 
 def _lora(model):
-    from paddlenlp.peft import LoRAConfig, LoRAModel
+    from alignment.models.loading import LoraArguments, wrap_lora
 
-    config = LoRAConfig(target_modules=[".*q_proj.*", ".*v_proj.*"], r=4, lora_alpha=8, lora_dropout=0.0,
-                        merge_weights=False, base_model_name_or_path="tiny")
-    lora = LoRAModel(model, config)
-    lora.mark_only_lora_as_trainable()
-    return lora
+    return wrap_lora(model, LoraArguments(lora=True, lora_rank=4, lora_alpha=8, lora_dropout=0.0,
+                                          lora_target_modules=[".*q_proj.*", ".*v_proj.*"]))
 
 
 def test_lora_policy_is_its_own_reference(tiny_model_dir, shipped, tmp_path):
@@ -418,7 +428,7 @@ def test_framework_style_selectors():
 def test_run_dpo_cli_tiny_configs(stage, extra, loss_name, tiny_model_dir, tmp_path):
     from alignment.dpo.run_dpo import main
 
-    trainer = main([f"config/llama/tiny/{stage}_argument.json", "--model_name_or_path", str(tiny_model_dir),
+    trainer = main([str(TINY_CONFIGS / f"{stage}_argument.json"), "--model_name_or_path", str(tiny_model_dir),
                     "--output_dir", str(tmp_path), "--max_steps", "2", "--logging_steps", "1", *extra])
     records = train_records(tmp_path)
     assert len(records) == 2 and f"loss/{loss_name}" in records[0] and "rewards/accuracies" in records[0]
@@ -434,16 +444,16 @@ def test_cli_rejects_unknown_keys_and_values(tiny_model_dir, tmp_path):
     from alignment.utils.cli import ArgumentError
 
     with pytest.raises(ArgumentError, match="did you mean loss_type"):
-        main(["config/llama/tiny/dpo_argument.json", "--loss_typ", "ipo"])
+        main([str(TINY_CONFIGS / "dpo_argument.json"), "--loss_typ", "ipo"])
     with pytest.raises(ValueError, match="valid names"):  # ArgumentError is a ValueError
-        main(["config/llama/tiny/dpo_argument.json", "--model_name_or_path", str(tiny_model_dir),
+        main([str(TINY_CONFIGS / "dpo_argument.json"), "--model_name_or_path", str(tiny_model_dir),
               "--output_dir", str(tmp_path), "--loss_type", "dpo"])
 
 
 def test_shipped_argument_files_parse():
     from paddlenlp.trainer import TrainingArguments
 
-    from alignment.dpo.config import DataArguments, ModelArguments
+    from alignment.sft.config import DataArguments, SFTModelArguments as ModelArguments
     from alignment.gkd.config import GKDArguments
     from alignment.kto.config import KTOArguments
     from alignment.utils.cli import json_to_argv

@@ -4,6 +4,7 @@ logged numbers against the pure function, sft_alpha, config errors, LoRA through
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -17,7 +18,7 @@ from alignment.gkd.trainer import GKDTrainer, generate_completions, split_prompt
 from alignment.utils.trainer import read_metrics
 from tests.stages.test_dpo import GOOD, HELDOUT_TOPICS, TRAIN_TOPICS, load_tiny, one_batch, training_args, write_jsonl
 
-CONFIG = "config/llama/tiny/gkd_argument.json"
+CONFIG = str(Path(__file__).resolve().parents[2] / "config" / "llama" / "tiny" / "gkd_argument.json")
 
 
 def supervised_rows(topics, seed=0):

@@ -4,6 +4,7 @@ the class-ratio warning, the KL batch requirement, apo_zero_unpaired, LoRA throu
 from __future__ import annotations
 
 import random
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -31,7 +32,7 @@ from tests.stages.test_dpo import (
     write_jsonl,
 )
 
-CONFIG = "config/llama/tiny/kto_argument.json"
+CONFIG = str(Path(__file__).resolve().parents[2] / "config" / "llama" / "tiny" / "kto_argument.json")
 
 
 def unpaired_rows(topics, seed=0, desirable_per_topic=1, undesirable_per_topic=1):

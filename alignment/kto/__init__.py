@@ -1,0 +1,2 @@
+"""KTO stage (unpaired desirable / undesirable data): ``run_kto.py``, ``trainer.KTOTrainer``,
+``config.KTOArguments``."""
