@@ -63,6 +63,8 @@ def compute_advantages(
     strategy: Optional[ParallelStrategy] = None,
 ) -> Tuple[Experience, Dict[str, float]]:
     """Fill ``token_rewards``, ``advantages`` and ``returns`` of ``exp``; return it and the step's metrics."""
+    if group_size > 1:
+        _check_groups(exp.group_ids, group_size)
     mask = exp.response_mask.astype("float32")
     raw = exp.scores.astype("float32")
     scores = raw if reward_normalizer is None else reward_normalizer.update_and_normalize(raw, strategy)
@@ -119,6 +121,16 @@ def compute_advantages(
         }
     )
     return exp.replace(token_rewards=token_rewards, advantages=advantages, returns=returns), metrics
+
+
+def _check_groups(group_ids: paddle.Tensor, group_size: int) -> None:
+    """Rows must come in whole, contiguous groups of ``group_size`` (the samples of one prompt)."""
+    ids = group_ids.numpy()
+    if ids.shape[0] % group_size or not (ids.reshape(-1, group_size) == ids[::group_size, None]).all():
+        raise ValueError(
+            f"advantages: the {ids.shape[0]} rows are not whole contiguous groups of {group_size} samples per prompt "
+            "(group-relative estimators would mix prompts)"
+        )
 
 
 def _last_token_rewards(scores: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:

@@ -18,6 +18,7 @@ __all__ = ["MetricsReporter", "read_metrics", "plot_curves"]
 _CONSOLE_KEYS = (
     "reward", "eval_reward", "kl_divergence", "actor_loss", "critic_loss", "ptx_loss", "returns", "advantages",
     "actor_clipfrac", "critic_clipfrac", "response_length", "time_generation", "time_experience", "time_update",
+    "samples_per_second",
 )
 
 
@@ -129,8 +130,9 @@ def _fmt(v) -> str:
 
 
 def _console_line(step: int, record: Mapping[str, float]) -> str:
+    """The main metrics (every metric goes to metrics.jsonl and VisualDL/TensorBoard)."""
     keys = [k for k in _CONSOLE_KEYS if k in record] + sorted(
-        k for k in record if k not in _CONSOLE_KEYS and k != "step"
+        k for k in record if k.startswith("eval_") and k not in _CONSOLE_KEYS
     )
     return f"step {step}: " + " ".join(f"{k}={_fmt(record[k])}" for k in keys)
 

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Optional
 
 import paddle
 
@@ -236,6 +236,8 @@ class PPOTrainer:
         last: Dict[str, float] = {}
         pending: list = []
         try:
+            if a.do_eval and a.evaluation_strategy != "no" and self.global_step == 0:
+                self._log_eval(reporter)  # the starting point (step 0) of the eval-reward curve
             while self.global_step < self.total_steps:
                 metrics = self.step(next(self.prompts))
                 self.global_step += 1
@@ -248,10 +250,7 @@ class PPOTrainer:
                     self.history.append({"step": self.global_step, **logged})
                     reporter.log(self.global_step, logged)
                 if a.do_eval and self._due(a.evaluation_strategy, a.eval_steps):
-                    ev = self.evaluate()
-                    if ev:
-                        self.history.append({"step": self.global_step, **ev})
-                        reporter.log(self.global_step, ev)
+                    self._log_eval(reporter)
                 if self._due(a.save_strategy, a.save_steps) and self.global_step < self.total_steps:
                     checkpoint.save(self, os.path.join(a.output_dir, f"checkpoint-{self.global_step}"))
                     checkpoint.rotate(a.output_dir, a.save_total_limit, s)
@@ -265,6 +264,12 @@ class PPOTrainer:
             plot_curves(a.output_dir)
         s.barrier()
         return last
+
+    def _log_eval(self, reporter: MetricsReporter) -> None:
+        ev = self.evaluate()
+        if ev:
+            self.history.append({"step": self.global_step, **ev})
+            reporter.log(self.global_step, ev)
 
     def _due(self, strategy: str, every: int) -> bool:
         if strategy == "steps":

@@ -164,6 +164,28 @@ def test_ptx_loss_is_included(tmp_path, data_files, tiny_model_dir):
     assert diff > 1e-6  # the ptx gradient moved the actor
 
 
+def test_reward_model_with_its_own_tokenizer(tmp_path, data_files, tiny_model_dir):
+    """A reward model whose tokenizer differs from the actor's: rollouts are decoded and re-encoded for it."""
+    from paddlenlp.transformers import AutoTokenizer
+
+    from alignment.models.score_model import ScoreModel
+    from alignment.tools.make_tiny_model import TinyModelSpec, build_tiny_model
+
+    other_lm = build_tiny_model(tmp_path / "other-lm", TinyModelSpec(vocab_size=600, seed=5))
+    rm = tmp_path / "other-rm"
+    ScoreModel.from_pretrained(str(other_lm), init_score_head=True).save_pretrained(str(rm))
+    AutoTokenizer.from_pretrained(str(other_lm)).save_pretrained(str(rm))
+    model, data, args = _args(tmp_path, data_files, tiny_model_dir, rm, max_steps=1)
+    trainer = build_trainer(model, data, args)
+    assert trainer.retokenizer is not None and len(trainer.m.reward_tokenizer) == 600
+    rollout = trainer.rollout(next(trainer.prompts))
+    exp = trainer.experience(rollout)
+    ids, mask, pos, end = trainer.retokenizer(rollout.sequences, rollout.attention_mask, rollout.ended_with_eos)
+    with paddle.no_grad():
+        direct = trainer.m.reward_model(ids, attention_mask=mask, position_ids=pos).end_scores
+    np.testing.assert_allclose(exp.scores.numpy(), direct.numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("algo", sorted(RL_ALGORITHMS))
 def test_every_rl_algorithm_runs(tmp_path, data_files, tiny_model_dir, algo):
     model, data, args = _args(tmp_path, data_files, tiny_model_dir, rl_algorithm=algo, num_return_sequences=4,
@@ -206,7 +228,7 @@ def test_cli_outputs_are_loadable(tmp_path, data_files, tiny_model_dir, rm_dir):
     assert value(ids, attention_mask=paddle.ones_like(ids)).scores.shape[:2] == [1, 4]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "reward" in r] == [1, 2]
-    assert any("eval_reward" in r for r in records)
+    assert [r["step"] for r in records if "eval_reward" in r] == [0, 2]  # before training and at eval_steps
     assert (out / "ppo_curves.png").stat().st_size > 1000
     assert any((out / "runs").iterdir())  # VisualDL event file
     assert (out / "checkpoint-2" / "trainer_state.json").exists()
@@ -366,3 +388,40 @@ def test_optimizer_state_survives_new_parameter_names():
             pname = max((p for p in m1_names if key.startswith(p + "_")), key=len)
             other = [p.name for n, p in m2.named_parameters() if n == m1_names[pname]][0]
             np.testing.assert_array_equal(b[other + key[len(pname):]].numpy(), value.numpy())
+
+
+def test_group_estimators_need_whole_contiguous_groups():
+    from alignment.ppo.advantages import compute_advantages
+    from alignment.rollout import Experience
+
+    def exp(group_ids):
+        n = len(group_ids)
+        return Experience(
+            sequences=paddle.ones([n, 5], dtype="int64"), attention_mask=paddle.ones([n, 5], dtype="int64"),
+            position_ids=paddle.zeros([n, 5], dtype="int64"), response_mask=paddle.ones([n, 3]), prompt_length=2,
+            group_ids=paddle.to_tensor(group_ids, dtype="int64"), old_logps=paddle.zeros([n, 3]), ref_logps=None,
+            scores=paddle.to_tensor([1.0, 0.0, 3.0, 1.0]),
+        )
+
+    out, _ = compute_advantages(exp([0, 0, 1, 1]), estimator="grpo", kl_coeff=0.0, clip_range_score=10.0, group_size=2)
+    np.testing.assert_allclose(out.advantages.numpy()[:, 0], [0.7071, -0.7071, 0.7071, -0.7071], atol=1e-3)
+    with pytest.raises(ValueError, match="contiguous groups"):
+        compute_advantages(exp([0, 1, 0, 1]), estimator="grpo", kl_coeff=0.0, clip_range_score=10.0, group_size=2)
+
+
+def test_rule_rewards(tiny_tokenizer):
+    from alignment.ppo.rewards import RuleReward, gsm8k_correct
+
+    assert gsm8k_correct(None, "so she pays 3 + 4 = 1,234 dollars", "1234") == 1.0
+    assert gsm8k_correct(None, "it is 12 or 13", "12") == 0.0 and gsm8k_correct(None, "no number", "1") == 0.0
+    prompt = tiny_tokenizer("USER: 2 + 2? ASSISTANT:")["input_ids"]
+    answer = tiny_tokenizer("it is 4", add_special_tokens=False)["input_ids"]
+    seq = paddle.to_tensor([prompt + answer + [2], prompt + answer[:-1] + [2, 3]], dtype="int64")
+    resp_mask = paddle.to_tensor([[1] * (len(answer) + 1), [1] * len(answer) + [0]], dtype="int64")
+    seen = []
+    fn = RuleReward(tiny_tokenizer, lambda p, r, a: seen.append(r) or gsm8k_correct(p, r, a))
+    scores = fn(seq, None, ["q", "q"], ["4", "4"], prompt_length=len(prompt), response_mask=resp_mask)
+    assert scores.tolist() == [1.0, 0.0] and seen[0].strip() == "it is 4"
+    reward = TokenSetReward([answer[0]], scale=2.0)
+    got = reward(seq, None, prompt_length=len(prompt), response_mask=resp_mask).numpy()
+    np.testing.assert_allclose(got, [2.0 / (len(answer) + 1), 2.0 / len(answer)])
