@@ -1,4 +1,4 @@
-"""The custom-RawDataset example of alignment/data/README_SECTION.md, run exactly as written."""
+"""The custom-RawDataset example of README.md, run exactly as written."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 
 from alignment.data import RawDataset
 
-README = Path(__file__).resolve().parents[2] / "alignment" / "data" / "README_SECTION.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _example() -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     matches = [b for b in blocks if b.startswith("# README example: custom raw dataset")]
-    assert len(matches) == 1, "README_SECTION.md must hold exactly one custom-dataset example"
+    assert len(matches) == 1, "README.md must hold exactly one custom-dataset example"
     return matches[0]
 
 
