@@ -50,6 +50,12 @@ def reward_metrics(eval_pred) -> Dict[str, float]:
     }
 
 
+def _mean_over_ranks(metrics: Dict[str, paddle.Tensor]) -> Dict[str, float]:
+    from alignment.parallel import ParallelStrategy
+
+    return ParallelStrategy().all_reduce_mean({k: float(v) for k, v in metrics.items()})
+
+
 class RewardTrainer(MetricsLoggingMixin, Trainer):
     """``RewardTrainer(score_model, args, reward_args=RewardArguments(...), train_dataset=..., data_collator=...)``."""
 
@@ -86,8 +92,8 @@ class RewardTrainer(MetricsLoggingMixin, Trainer):
             regularization=a.regularization, margin=inputs.get("margin"),
             center_rewards_coefficient=a.center_rewards_coefficient,
         )
-        if model.training:
-            self.store_metrics(metrics, "train")
+        if model.training:  # averaged over data-parallel ranks (equal per-rank batches: the global-batch value)
+            self.store_metrics(_mean_over_ranks(metrics), "train")
         if return_outputs:
             return loss, {"chosen_end_scores": chosen_end, "rejected_end_scores": rejected_end}
         return loss

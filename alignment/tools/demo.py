@@ -83,6 +83,30 @@ def _run(stage: str, args: List[str], log_dir: Path) -> float:
     return time.time() - start
 
 
+def final_answer_share(model_dir: Path, prompts_file: Path, n_prompts: int = 48, max_new_tokens: int = 48,
+                       seed: int = 0) -> float:
+    """Share of sampled responses (one per held-out prompt) that contain a ``#### <number>`` line."""
+    import paddle
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignment.data import PromptOnlyDataset
+    from alignment.rollout.generation import GenerationConfig, generate
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.eval()
+    prompts = PromptOnlyDataset(f"gsm8k:1.0:{prompts_file}", tokenizer, max_length=160)
+    collate = prompts.get_collator()
+    batch = collate([prompts[i] for i in range(min(n_prompts, len(prompts)))])
+    config = GenerationConfig(eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
+                              max_new_tokens=max_new_tokens)
+    paddle.seed(seed)
+    with paddle.no_grad():
+        rollout = generate(model, batch["input_ids"], batch["attention_mask"], config)
+    texts = tokenizer.batch_decode(rollout.responses.numpy().tolist(), skip_special_tokens=True)
+    return sum(bool(FINAL.search(t)) for t in texts) / len(texts)
+
+
 def _metrics(path: Path) -> List[Dict[str, float]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -139,14 +163,18 @@ def main(argv: List[str] | None = None) -> None:
          "--train_datasets", f"gsm8k:1.0:{data['prompts']}",
          "--eval_datasets", f"gsm8k:0.1:{data['prompts']}",
          "--output_dir", str(ppo_dir), "--max_steps", str(args.ppo_steps),
-         "--eval_steps", str(args.ppo_steps), "--save_strategy", "no"],
+         "--eval_steps", str(args.ppo_steps), "--save_strategy", "no", "--max_dec_len", "48",
+         "--learning_rate", "5e-4", "--kl_coeff", "0.05"],
         logs,
     )
 
-    _report(sft_dir, rm_dir, ppo_dir, timings, time.time() - began)
+    shares = {"SFT": final_answer_share(sft_dir, data["prompts"]),
+              "PPO": final_answer_share(ppo_dir / "policy", data["prompts"])}
+    _report(sft_dir, rm_dir, ppo_dir, timings, time.time() - began, shares)
 
 
-def _report(sft_dir: Path, rm_dir: Path, ppo_dir: Path, timings: Dict[str, float], total: float) -> None:
+def _report(sft_dir: Path, rm_dir: Path, ppo_dir: Path, timings: Dict[str, float], total: float,
+            shares: Dict[str, float]) -> None:
     sft = [r for r in _metrics(sft_dir / "metrics.jsonl") if "eval_loss" in r]
     rm = [r for r in _metrics(rm_dir / "metrics.jsonl") if "eval_accuracy" in r]
     ppo = _metrics(ppo_dir / "metrics.jsonl")
@@ -166,6 +194,7 @@ def _report(sft_dir: Path, rm_dir: Path, ppo_dir: Path, timings: Dict[str, float
     if len(evals) >= 2:
         rows.append(("eval reward before -> after PPO", f"{evals[0]['eval_reward']:+.3f} -> {evals[-1]['eval_reward']:+.3f}"))
     rows.append(("KL(actor || reference), last step", f"{kl:.4f}"))
+    rows.append(("responses stating '#### <answer>', SFT -> PPO", f"{shares['SFT']:.0%} -> {shares['PPO']:.0%}"))
     width = max(len(r[0]) for r in rows)
     print("\n" + "=" * (width + 16))
     for name, value in rows:
