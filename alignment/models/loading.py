@@ -220,16 +220,18 @@ def wrap_lora(model, lora_args: LoraArguments, *, dtype: Any = None, base_model_
 
 
 def merge_lora_state_dict(lora_model) -> Dict[str, paddle.Tensor]:
-    """The base model's state dict with the adapters merged in (LoRA tensors dropped); the model is unchanged.
+    """The base model's state dict with the adapters merged in (LoRA tensors dropped); the model is not modified.
 
     Saving this with the base model's ``save_pretrained(..., state_dict=...)`` gives a plain checkpoint that
     ``AutoModelForCausalLM.from_pretrained`` loads without paddlenlp.peft.
     """
-    lora_model.merge()
-    try:
-        merged = {k: v.clone() for k, v in lora_model.model.state_dict().items() if "lora_" not in k}
-    finally:
-        lora_model.unmerge()
+    base = lora_model.model
+    merged = {k: v for k, v in base.state_dict().items() if "lora_" not in k}
+    with paddle.no_grad():
+        for name, layer in base.named_sublayers():
+            if hasattr(layer, "get_delta_weight") and hasattr(layer, "lora_A") and not getattr(layer, "merged", False):
+                key = f"{name}.weight"
+                merged[key] = layer.weight + layer.get_delta_weight().astype(layer.weight.dtype)
     return merged
 
 

@@ -71,7 +71,10 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                padding_side="right", model_max_length=data_args.max_length)
-    model = load_score_model(model_args, training_args, tokenizer)
+    import paddle
+
+    with paddle.utils.unique_name.guard():  # parameter names (optimizer-state keys) independent of earlier models
+        model = load_score_model(model_args, training_args, tokenizer)
     train_ds, eval_ds = build_datasets(PreferenceDataset, data_args, tokenizer, training_args.seed)
     return RewardTrainer(
         model=model, args=training_args, reward_args=reward_args, train_dataset=train_ds, eval_dataset=eval_ds,

@@ -70,6 +70,10 @@ class RewardTrainer(MetricsLoggingMixin, Trainer):
     def _get_train_sampler(self):
         return global_batch_sampler(self)
 
+    def train(self, *args, **kwargs):
+        with paddle.utils.unique_name.guard():  # optimizer-state names match a resumed run, even in one process
+            return super().train(*args, **kwargs)
+
     # ---------------------------------------------------------------------------------------------- loss
     def pair_scores(self, model, inputs: Dict[str, paddle.Tensor]):
         """One forward of the 2B rows; returns (chosen scores, rejected scores, chosen end, rejected end)."""

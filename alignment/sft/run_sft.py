@@ -63,6 +63,7 @@ def save_merged_lora(trainer, output_dir: str) -> None:
 
 def build_trainer(argv: Optional[Sequence[str]] = None):
     """Parse the arguments and build model, data and ``SFTTrainer`` (nothing trained yet)."""
+    import paddle
     from paddlenlp.trainer import TrainingArguments, set_seed
 
     from alignment.data import SupervisedDataset
@@ -75,10 +76,11 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     dtype = resolve_dtype(training_args)
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                padding_side="right", model_max_length=data_args.max_length)
-    model = load_causal_lm(model_args.model_name_or_path, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
-                           recompute=training_args.recompute, tokenizer=tokenizer)
-    if model_args.lora:
-        model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=model_args.model_name_or_path)
+    with paddle.utils.unique_name.guard():  # parameter names (optimizer-state keys) independent of earlier models
+        model = load_causal_lm(model_args.model_name_or_path, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
+                               recompute=training_args.recompute, tokenizer=tokenizer)
+        if model_args.lora:
+            model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=model_args.model_name_or_path)
     train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)
     trainer = SFTTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,

@@ -117,6 +117,10 @@ class SFTTrainer(MetricsLoggingMixin, Trainer):
     def _get_train_sampler(self):
         return global_batch_sampler(self)
 
+    def train(self, *args, **kwargs):
+        with paddle.utils.unique_name.guard():  # optimizer-state names match a resumed run, even in one process
+            return super().train(*args, **kwargs)
+
     def compute_loss(self, model, inputs: Dict[str, paddle.Tensor], return_outputs: bool = False):
         out = model(
             input_ids=inputs["input_ids"],

@@ -88,6 +88,9 @@ def final_answer_share(model_dir: Path, prompts_file: Path, n_prompts: int = 48,
     """Share of sampled responses (one per held-out prompt) that contain a ``#### <number>`` line."""
     import paddle
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+    from paddlenlp.utils.log import logger
+
+    logger.set_level("WARNING")
 
     from alignment.data import PromptOnlyDataset
     from alignment.rollout.generation import GenerationConfig, generate
