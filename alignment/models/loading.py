@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16", "float": "float32"}
 _DEFAULT_LORA_TARGETS = (
     ".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*gate_proj.*", ".*up_proj.*", ".*down_proj.*",
 )
@@ -53,7 +54,7 @@ def resolve_dtype(dtype: Any = None) -> str:
             return "bfloat16"
         return "float16" if getattr(dtype, "fp16", False) else "float32"
     name = str(dtype).replace("paddle.", "")
-    name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16", "float": "float32"}.get(name, name)
+    name = _DTYPE_ALIASES.get(name, name)
     if name not in DTYPES:
         raise ValueError(f"dtype='{dtype}' is not valid; allowed values: {', '.join(DTYPES)}")
     return name
@@ -166,9 +167,13 @@ def load_backbone(
 class LoraArguments:
     """LoRA switches (paddlenlp.peft); mixed into each stage's model arguments."""
 
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (paddlenlp.peft) instead of all weights."})
+    lora: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters (paddlenlp.peft) instead of all weights."}
+    )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (> 0)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (> 0); the update is scaled by alpha / r."})
+    lora_alpha: int = field(
+        default=16, metadata={"help": "LoRA scaling alpha (> 0); the update is scaled by alpha / r."}
+    )
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
     lora_target_modules: List[str] = field(
         default_factory=lambda: list(_DEFAULT_LORA_TARGETS),
@@ -189,10 +194,14 @@ class LoraArguments:
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise ValueError(f"lora_target_modules: '{pattern}' is not a valid regular expression ({e})") from None
+                raise ValueError(
+                    f"lora_target_modules: '{pattern}' is not a valid regular expression ({e})"
+                ) from None
 
 
-def wrap_lora(model, lora_args: LoraArguments, *, dtype: Any = None, base_model_name_or_path: Optional[str] = None):
+def wrap_lora(
+    model, lora_args: LoraArguments, *, dtype: Any = None, base_model_name_or_path: Optional[str] = None
+):
     """Wrap ``model`` in ``paddlenlp.peft.LoRAModel``; only the adapters stay trainable.
 
     Raises ``ValueError`` naming the patterns when no layer matches ``lora_target_modules``.
@@ -220,7 +229,7 @@ def wrap_lora(model, lora_args: LoraArguments, *, dtype: Any = None, base_model_
 
 
 def merge_lora_state_dict(lora_model) -> Dict[str, paddle.Tensor]:
-    """The base model's state dict with the adapters merged in (LoRA tensors dropped); the model is not modified.
+    """The base model's state dict with the adapters merged in (LoRA tensors dropped); the model is unchanged.
 
     Saving this with the base model's ``save_pretrained(..., state_dict=...)`` gives a plain checkpoint that
     ``AutoModelForCausalLM.from_pretrained`` loads without paddlenlp.peft.
@@ -229,9 +238,9 @@ def merge_lora_state_dict(lora_model) -> Dict[str, paddle.Tensor]:
     merged = {k: v for k, v in base.state_dict().items() if "lora_" not in k}
     with paddle.no_grad():
         for name, layer in base.named_sublayers():
-            if hasattr(layer, "get_delta_weight") and hasattr(layer, "lora_A") and not getattr(layer, "merged", False):
-                key = f"{name}.weight"
-                merged[key] = layer.weight + layer.get_delta_weight().astype(layer.weight.dtype)
+            is_lora = hasattr(layer, "get_delta_weight") and hasattr(layer, "lora_A")
+            if is_lora and not getattr(layer, "merged", False):
+                merged[f"{name}.weight"] = layer.weight + layer.get_delta_weight().astype(layer.weight.dtype)
     return merged
 
 

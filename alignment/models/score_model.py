@@ -1,4 +1,4 @@
-"""Score model: a decoder backbone + a linear score head + a score normaliser (reward model, cost model, critic).
+"""Score model: decoder backbone + linear score head + score normaliser (reward model, cost model, critic).
 
     from alignment.models import ScoreModel
 
@@ -51,7 +51,7 @@ from paddlenlp.transformers.model_outputs import ModelOutput
 
 from alignment.utils.io import atomic_write_json
 
-from .loading import load_backbone, load_config, resolve_dtype
+from .loading import load_backbone, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +75,21 @@ WEIGHTS_NAME = "model_state.pdparams"
 CONFIG_NAME = "config.json"
 _HEAD_W, _HEAD_B = "v_head.summary.weight", "v_head.summary.bias"
 _NORM_KEYS = ("mean", "var", "count")
-_SCORE_CONFIG_KEYS = ("score_type", "do_normalize", "normalizer_type", "momentum", "score_dim", "score_bias", "mean",
-                      "var", "normalizer_count")
+_SCORE_CONFIG_KEYS = (
+    "score_type", "do_normalize", "normalizer_type", "momentum", "score_dim", "score_bias", "mean", "var",
+    "normalizer_count",
+)
 
 
 class ScoreHeadMissingError(ValueError):
     """Raised when a checkpoint has no score head and ``init_score_head`` was not requested."""
 
 
+_NONE_NAMES = ("", "none", "null", "identity", "identitynormalizer")
+
+
 def _none_name(value):
-    if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "identity", "identitynormalizer"):
+    if isinstance(value, str) and value.strip().lower() in _NONE_NAMES:
         return None
     return value
 
@@ -93,18 +98,27 @@ def _none_name(value):
 class ScoreConfig:
     """The score-specific fields of a score model (saved in config.json next to the backbone's fields)."""
 
-    score_type: str = field(default="reward", metadata={"help": "reward, cost or critic (normalisation: affine, scale, identity)."})
-    do_normalize: bool = field(default=False, metadata={"help": "Normalise the output scores with the normaliser statistics."})
+    score_type: str = field(
+        default="reward", metadata={"help": "reward, cost or critic (normalisation: affine, scale, identity)."}
+    )
+    do_normalize: bool = field(
+        default=False, metadata={"help": "Normalise the output scores with the normaliser statistics."}
+    )
     normalizer_type: Optional[str] = field(
         default=None, metadata={"help": "RunningMeanStd, ExponentialMovingAverage or None (statistics only counted)."}
     )
-    momentum: Optional[float] = field(default=None, metadata={"help": "EMA momentum in [0, 1) (ExponentialMovingAverage only; larger = slower statistics)."})
+    momentum: Optional[float] = field(
+        default=None,
+        metadata={"help": "EMA momentum in [0, 1) (ExponentialMovingAverage only; larger = slower statistics)."},
+    )
     score_dim: int = field(default=1, metadata={"help": "Number of scores per token (1: squeezed away in the outputs)."})
     bias: bool = field(default=False, metadata={"help": "Whether the score head has a bias (saved as score_bias)."})
 
     def __post_init__(self) -> None:
         if self.score_type not in SCORE_TYPES:
-            raise ValueError(f"score_type='{self.score_type}' is not valid; allowed values: {', '.join(SCORE_TYPES)}")
+            raise ValueError(
+                f"score_type='{self.score_type}' is not valid; allowed values: {', '.join(SCORE_TYPES)}"
+            )
         self.normalizer_type = _none_name(self.normalizer_type)
         if self.normalizer_type not in NORMALIZER_TYPES:
             raise ValueError(
@@ -113,7 +127,10 @@ class ScoreConfig:
             )
         if self.normalizer_type == "ExponentialMovingAverage":
             if self.momentum is None:
-                raise ValueError("normalizer_type='ExponentialMovingAverage' needs momentum (normalizer_momentum) in [0, 1), e.g. 0.9; got None")
+                raise ValueError(
+                    "normalizer_type='ExponentialMovingAverage' needs momentum (normalizer_momentum) in [0, 1), "
+                    "e.g. 0.9; got None"
+                )
             if not 0.0 <= float(self.momentum) < 1.0:
                 raise ValueError(f"momentum (normalizer_momentum) must be in [0, 1), got {self.momentum}")
         if int(self.score_dim) < 1:
@@ -186,7 +203,7 @@ def last_index(attention_mask: paddle.Tensor) -> paddle.Tensor:
 
 
 class ScoreModel(paddle.nn.Layer):
-    """Backbone + score head + normaliser. Construct with ``from_pretrained`` (or ``ScoreModel(backbone, cfg)``).
+    """Backbone + score head + normaliser; build with ``from_pretrained`` (or ``ScoreModel(backbone, cfg)``).
 
     The backbone is registered under its ``base_model_prefix`` (``llama`` for Llama), so the state-dict keys are
     those of the causal LM (``llama.layers.0...``) plus ``score_head.*`` and ``normalizer.*``.
@@ -207,7 +224,8 @@ class ScoreModel(paddle.nn.Layer):
             hidden_size,
             score_config.score_dim,
             weight_attr=paddle.ParamAttr(initializer=paddle.nn.initializer.Normal(mean=0.0, std=std)),
-            bias_attr=paddle.ParamAttr(initializer=paddle.nn.initializer.Constant(0.0)) if score_config.bias else False,
+            bias_attr=(paddle.ParamAttr(initializer=paddle.nn.initializer.Constant(0.0))
+                       if score_config.bias else False),
         )
         dtype = next(iter(backbone.parameters())).dtype
         if dtype != self.score_head.weight.dtype:
@@ -255,11 +273,14 @@ class ScoreModel(paddle.nn.Layer):
                 )
             attention_mask = paddle.ones_like(input_ids)
         if attention_mask.ndim != 2:
-            raise ValueError(f"ScoreModel.forward needs a 2-D (B, L) attention_mask, got shape {attention_mask.shape}")
+            raise ValueError(
+                f"ScoreModel.forward needs a 2-D (B, L) attention_mask, got shape {attention_mask.shape}"
+            )
         kwargs.pop("return_dict", None)
         kwargs.setdefault("use_cache", False)
         out = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True,
+            **kwargs,
         )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         scores = self.score_head(hidden).astype("float32")  # (B, L, D)
@@ -311,7 +332,9 @@ class ScoreModel(paddle.nn.Layer):
         d["architectures"] = [f"{family}ForScore"]
         return d
 
-    def save_pretrained(self, save_dir: str, *, is_main_process: bool = True, state_dict=None, **_ignored) -> None:
+    def save_pretrained(
+        self, save_dir: str, *, is_main_process: bool = True, state_dict=None, **_ignored
+    ) -> None:
         """Write config.json, model_state.pdparams and value_head.safetensors into ``save_dir``.
 
         Each file is written under a temporary name and renamed, config.json last. Other files in the
@@ -327,7 +350,7 @@ class ScoreModel(paddle.nn.Layer):
         paddle.save(state, tmp)
         os.replace(tmp, os.path.join(save_dir, WEIGHTS_NAME))
         tmp = os.path.join(save_dir, f".{VALUE_HEAD_NAME}.tmp")
-        save_file(self.head_state(), tmp, metadata={"format": "np", "score_type": self.score_type})
+        save_file(self.head_state(), tmp, metadata={"format": "pt", "score_type": self.score_type})
         os.replace(tmp, os.path.join(save_dir, VALUE_HEAD_NAME))
         atomic_write_json(os.path.join(save_dir, CONFIG_NAME), self.config_dict())
 
@@ -358,7 +381,9 @@ class ScoreModel(paddle.nn.Layer):
             if key in current:
                 arr = np.asarray(value, dtype="float32")
                 if arr.size != int(np.prod(current[key].shape)):
-                    raise ValueError(f"{source}: normalizer.{key} has {arr.size} values, expected shape {current[key].shape}")
+                    raise ValueError(
+                        f"{source}: normalizer.{key} has {arr.size} values, expected shape {current[key].shape}"
+                    )
                 values[key] = paddle.to_tensor(arr.reshape(current[key].shape)).astype(current[key].dtype)
         if values:
             self.normalizer.set_state_dict(values)
@@ -417,7 +442,8 @@ class ScoreModel(paddle.nn.Layer):
             values["momentum"] = momentum
         score_config = ScoreConfig(**values)
 
-        config_norm = {k: getattr(config, n, None) for k, n in (("mean", "mean"), ("var", "var"), ("count", "normalizer_count"))}
+        config_norm = {k: getattr(config, n, None)
+                       for k, n in (("mean", "mean"), ("var", "var"), ("count", "normalizer_count"))}
         for key in _SCORE_CONFIG_KEYS:  # keep the backbone config free of score fields
             if hasattr(config, key):
                 try:
@@ -437,7 +463,8 @@ class ScoreModel(paddle.nn.Layer):
                 )
                 tensors = {k: v for k, v in tensors.items() if not k.startswith("normalizer.")}
             elif not any(k.startswith("normalizer.") for k in tensors):  # e.g. a TRL / LLaMA-Factory value head
-                tensors.update({f"normalizer.{k}": np.asarray(v, "float32") for k, v in config_norm.items() if v is not None})
+                tensors.update({f"normalizer.{k}": np.asarray(v, "float32")
+                                for k, v in config_norm.items() if v is not None})
             model.load_head_state(tensors, source=head_file)
         else:
             logger.info("%s: initialised a new score head (init_score_head=True)", name_or_path)

@@ -38,7 +38,9 @@ class RewardModelArguments:
         metadata={"help": "Start a NEW score head (the usual case: model_name_or_path is an SFT/LM checkpoint). "
                           "false: continue from the checkpoint's trained head (an error if it has none)."},
     )
-    score_type: str = field(default="reward", metadata={"help": "reward, cost or critic (normalisation: affine, scale, identity)."})
+    score_type: str = field(
+        default="reward", metadata={"help": "reward, cost or critic (normalisation: affine, scale, identity)."}
+    )
     score_bias: bool = field(default=False, metadata={"help": "Give the score head a bias (PaddleNLP's `bias`)."})
     normalize_score_during_training: bool = field(
         default=False,
@@ -108,4 +110,6 @@ class RewardArguments:
         if self.regularization < 0:
             raise ValueError(f"regularization must be >= 0, got {self.regularization}")
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
-            raise ValueError(f"center_rewards_coefficient must be >= 0 or None, got {self.center_rewards_coefficient}")
+            raise ValueError(
+                f"center_rewards_coefficient must be >= 0 or None, got {self.center_rewards_coefficient}"
+            )

@@ -2,7 +2,8 @@
 
     python alignment/rm/run_reward.py config/llama/rm_argument.json
     python alignment/rm/run_reward.py config/llama/tiny/rm_argument.json --loss_type token-wise
-    python -m paddle.distributed.launch --nproc_per_node 2 alignment/rm/run_reward.py config/llama/tiny/rm_argument.json
+    python -m paddle.distributed.launch --nproc_per_node 2 alignment/rm/run_reward.py \
+        config/llama/tiny/rm_argument.json
 
 The argument file holds the fields of ``RewardModelArguments``, ``RewardDataArguments`` and
 ``RewardArguments`` (alignment/rm/config.py) and PaddleNLP's ``TrainingArguments``; ``--flag value``
@@ -30,7 +31,7 @@ __all__ = ["main", "build_trainer", "load_score_model"]
 
 
 def load_score_model(model_args: RewardModelArguments, training_args, tokenizer=None):
-    """The score model to train (a new head unless ``init_score_head`` is false), embeddings fitted to the tokenizer."""
+    """The score model to train (a new head unless ``init_score_head`` is false), embeddings fit the tokenizer."""
     from alignment.models import ScoreModel, resolve_dtype
 
     cfg = model_args.score_config()
@@ -54,7 +55,7 @@ def load_score_model(model_args: RewardModelArguments, training_args, tokenizer=
 
 
 def build_trainer(argv: Optional[Sequence[str]] = None):
-    """Parse the arguments and build the score model, the data and the ``RewardTrainer`` (nothing trained yet)."""
+    """Parse the arguments; build the score model, the data and the ``RewardTrainer`` (nothing trained yet)."""
     from paddlenlp.trainer import TrainingArguments, set_seed
 
     from alignment.data import PreferenceDataset
@@ -67,7 +68,9 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
         [RewardModelArguments, RewardDataArguments, RewardArguments, TrainingArguments], argv
     )
     if getattr(training_args, "pipeline_parallel_degree", 1) > 1:
-        raise ValueError("pipeline_parallel_degree > 1 is not supported for reward-model training (as in PaddleNLP)")
+        raise ValueError(
+            "pipeline_parallel_degree > 1 is not supported for reward-model training (as in PaddleNLP)"
+        )
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                padding_side="right", model_max_length=data_args.max_length)

@@ -37,7 +37,8 @@ TRAINING_ARGS_NAME = "training_args.bin"
 def reward_metrics(eval_pred) -> Dict[str, float]:
     """Metrics of all eval pairs from predictions (N, 2) = [chosen end score, rejected end score]."""
     preds = eval_pred.predictions
-    preds = np.asarray(preds[0] if isinstance(preds, (tuple, list)) else preds, dtype="float64").reshape([-1, 2])
+    preds = preds[0] if isinstance(preds, (tuple, list)) else preds
+    preds = np.asarray(preds, dtype="float64").reshape([-1, 2])
     chosen, rejected = preds[:, 0], preds[:, 1]
     both = preds.reshape([-1])
     return {
@@ -57,12 +58,14 @@ def _mean_over_ranks(metrics: Dict[str, paddle.Tensor]) -> Dict[str, float]:
 
 
 class RewardTrainer(MetricsLoggingMixin, Trainer):
-    """``RewardTrainer(score_model, args, reward_args=RewardArguments(...), train_dataset=..., data_collator=...)``."""
+    """``RewardTrainer(score_model, args, reward_args=RewardArguments(...), train_dataset=..., ...)``."""
 
     def __init__(self, model, args, *, reward_args: Optional[RewardArguments] = None, **kwargs):
         kwargs.setdefault("compute_metrics", reward_metrics)
         if getattr(args, "unified_checkpoint", False):
-            raise ValueError("unified_checkpoint is not supported for score models; set unified_checkpoint false")
+            raise ValueError(
+                "unified_checkpoint is not supported for score models; set unified_checkpoint false"
+            )
         super().__init__(model=model, args=args, **kwargs)
         self.reward_args = reward_args or RewardArguments()
         self.loss_fn = get_algorithm("reward", self.reward_args.loss_type)
@@ -78,10 +81,9 @@ class RewardTrainer(MetricsLoggingMixin, Trainer):
     def pair_scores(self, model, inputs: Dict[str, paddle.Tensor]):
         """One forward of the 2B rows; returns (chosen scores, rejected scores, chosen end, rejected end)."""
         batch = inputs["chosen_input_ids"].shape[0]
-        out = model(
-            input_ids=paddle.concat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]], axis=0),
-            attention_mask=paddle.concat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]], axis=0),
-        )
+        ids = paddle.concat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]], axis=0)
+        mask = paddle.concat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]], axis=0)
+        out = model(input_ids=ids, attention_mask=mask)
         scores, end = out.scores, out.end_scores
         if scores.ndim == 3:  # score_dim > 1: the pairwise loss reads the first score
             scores, end = scores[..., 0], end[..., 0]
@@ -109,7 +111,7 @@ class RewardTrainer(MetricsLoggingMixin, Trainer):
         if prediction_loss_only:
             return loss.detach(), None, None
         preds = paddle.stack([out["chosen_end_scores"], out["rejected_end_scores"]], axis=-1).astype("float32")
-        labels = paddle.ones([preds.shape[0]], dtype="int64")  # the evaluation loop needs labels to call compute_metrics
+        labels = paddle.ones([preds.shape[0]], dtype="int64")  # without labels no compute_metrics call
         return loss.detach(), preds, labels
 
     # ---------------------------------------------------------------------------------------------- save

@@ -2,7 +2,8 @@
 
     python alignment/sft/run_sft.py config/llama/sft_argument.json
     python alignment/sft/run_sft.py config/llama/tiny/sft_argument.json --max_steps 50 --lora true
-    python -m paddle.distributed.launch --nproc_per_node 2 alignment/sft/run_sft.py config/llama/tiny/sft_argument.json
+    python -m paddle.distributed.launch --nproc_per_node 2 alignment/sft/run_sft.py \
+        config/llama/tiny/sft_argument.json
 
 The argument file holds the fields of ``SFTModelArguments`` and ``DataArguments`` (alignment/sft/config.py)
 and PaddleNLP's ``TrainingArguments``; ``--flag value`` overrides it, an unknown key is an error. The data is
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # `python alignment/sft/run_sft.py ...`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -28,7 +29,7 @@ from alignment.sft.config import DataArguments, SFTModelArguments  # noqa: E402
 __all__ = ["main", "build_datasets", "build_trainer", "run_trainer", "save_merged_lora"]
 
 
-def build_datasets(dataset_cls, data_args: DataArguments, tokenizer, seed: int) -> Tuple[object, Optional[object]]:
+def build_datasets(dataset_cls, data_args: DataArguments, tokenizer, seed: int) -> Tuple[Any, Optional[Any]]:
     """(train, eval or None) tokenized datasets of ``dataset_cls`` (SupervisedDataset, PreferenceDataset)."""
     kwargs = data_args.dataset_kwargs(seed)
     train = dataset_cls(data_args.train_datasets, tokenizer, **kwargs)
@@ -71,16 +72,19 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     from alignment.sft.trainer import SFTTrainer
     from alignment.utils.cli import parse_args
 
-    model_args, data_args, training_args = parse_args([SFTModelArguments, DataArguments, TrainingArguments], argv)
+    model_args, data_args, training_args = parse_args(
+        [SFTModelArguments, DataArguments, TrainingArguments], argv
+    )
     set_seed(training_args.seed)
     dtype = resolve_dtype(training_args)
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                padding_side="right", model_max_length=data_args.max_length)
+    path = model_args.model_name_or_path
     with paddle.utils.unique_name.guard():  # parameter names (optimizer-state keys) independent of earlier models
-        model = load_causal_lm(model_args.model_name_or_path, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
+        model = load_causal_lm(path, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
                                recompute=training_args.recompute, tokenizer=tokenizer)
         if model_args.lora:
-            model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=model_args.model_name_or_path)
+            model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=path)
     train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)
     trainer = SFTTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,

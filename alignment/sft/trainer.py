@@ -38,7 +38,8 @@ class GlobalBatchSampler(DistributedBatchSampler):
 
     def __init__(self, dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
                  drop_last: bool = False, seed: int = 0):
-        super().__init__(dataset, batch_size, num_replicas=num_replicas, rank=rank, shuffle=shuffle, drop_last=drop_last)
+        super().__init__(dataset, batch_size, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                         drop_last=drop_last)
         self.seed = int(seed)
 
     def _global_indices(self) -> List[int]:
@@ -109,7 +110,7 @@ def answer_nll(logits: paddle.Tensor, labels: paddle.Tensor, world_size: int = 1
 
 
 class SFTTrainer(MetricsLoggingMixin, Trainer):
-    """``SFTTrainer(model, args, train_dataset=..., eval_dataset=..., data_collator=ds.get_collator(), tokenizer=tok)``.
+    """``SFTTrainer(model, args, train_dataset=ds, eval_dataset=..., data_collator=ds.get_collator(), ...)``.
 
     Logs ``loss`` (train), ``eval_loss``, and ``tokens`` (answer tokens per micro-batch, all ranks).
     """
