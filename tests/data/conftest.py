@@ -1,4 +1,4 @@
-"""Helpers for the data-layer tests: fixture paths and small file writers (never reads ../shared)."""
+"""Helpers for the data-layer tests: fixture paths and small file writers (shipped fixtures only)."""
 
 from __future__ import annotations
 
