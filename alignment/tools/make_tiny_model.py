@@ -19,10 +19,11 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+
+from alignment.utils.io import atomic_dir
 
 CORPUS = Path(__file__).with_name("tiny_corpus.txt")
 UNK, BOS, EOS, PAD = 0, 1, 2, 3
@@ -104,9 +105,7 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: Optional[TinyModelSpec] =
 
     spec = spec or TinyModelSpec()
     out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         sp_path = train_tokenizer(tmp / "_sp", spec.vocab_size)
         tokenizer = LlamaTokenizer(
             vocab_file=str(sp_path), pad_token="<pad>", add_bos_token=True, add_eos_token=False
@@ -136,12 +135,6 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: Optional[TinyModelSpec] =
         model = LlamaForCausalLM(config)
         model.save_pretrained(str(tmp))
         (tmp / "tiny_model_spec.json").write_text(json.dumps(asdict(spec), indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
