@@ -6,7 +6,6 @@ import math
 from typing import Dict, Tuple
 
 import paddle
-import paddle.nn.functional as F
 
 from .registry import register
 from .utils import log_softmax, masked_mean

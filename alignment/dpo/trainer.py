@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import gc
 import inspect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import paddle
@@ -27,7 +27,7 @@ from alignment.algorithms.preference import PairLogps, RunningMoments, preferenc
 from alignment.dpo.config import DPOArguments
 from alignment.dpo.logps import PairForward, policy_pair_logps, reference_pair_logps
 from alignment.models.loading import freeze
-from alignment.utils.trainer import MetricsLoggingMixin
+from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["DPOTrainer", "WithReferenceLogps", "ReferenceLogpsCollator"]
 
@@ -73,7 +73,7 @@ class ReferenceLogpsCollator:
         return batch
 
 
-class DPOTrainer(MetricsLoggingMixin, Trainer):
+class DPOTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
     """``DPOTrainer(model, args, dpo_args=..., ref_model=..., train_dataset=..., data_collator=...)``.
 
     ``ref_model=None`` with a reference-needing loss uses the policy itself with LoRA adapters
@@ -172,11 +172,3 @@ class DPOTrainer(MetricsLoggingMixin, Trainer):
         self.store_metrics(metrics, "train" if model.training else "eval")
         return (loss, metrics) if return_outputs else loss
 
-    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with paddle.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def _remove_unused_columns(self, dataset, description: Optional[str] = None):
-        return dataset  # the preference columns are not forward() arguments; keep them

@@ -12,7 +12,7 @@ the dataset completions, so ``eval_loss`` is the held-out student-teacher diverg
 from __future__ import annotations
 
 import random
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import paddle
@@ -23,7 +23,7 @@ from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
 from alignment.dpo.logps import model_logits, position_ids_from_mask, token_logps
 from alignment.gkd.config import GKDArguments
 from alignment.models.loading import freeze
-from alignment.utils.trainer import MetricsLoggingMixin
+from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["GKDTrainer", "split_prompts", "generate_completions"]
 
@@ -78,7 +78,7 @@ def generate_completions(
     return _right_padded(rows, [len(p) for p in prompts], pad_token_id)
 
 
-class GKDTrainer(MetricsLoggingMixin, Trainer):
+class GKDTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
     """``GKDTrainer(student, args, gkd_args=..., teacher_model=..., pad_token_id=..., eos_token_id=..., ...)``."""
 
     def __init__(self, model, args, *, gkd_args: GKDArguments, teacher_model, pad_token_id: int, eos_token_id: int, **kwargs):
@@ -132,11 +132,3 @@ class GKDTrainer(MetricsLoggingMixin, Trainer):
         self.store_metrics(metrics, "train" if model.training else "eval")
         return (loss, metrics) if return_outputs else loss
 
-    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with paddle.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def _remove_unused_columns(self, dataset, description: Optional[str] = None):
-        return dataset

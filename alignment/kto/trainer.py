@@ -18,7 +18,7 @@ from alignment.data.batches import IGNORE_INDEX
 from alignment.dpo.logps import completion_logps, reference_context
 from alignment.kto.config import KTOArguments
 from alignment.models.loading import freeze
-from alignment.utils.trainer import MetricsLoggingMixin
+from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["KTOTrainer"]
 
@@ -29,7 +29,7 @@ def _pad_cols(x: paddle.Tensor, length: int, value: int) -> paddle.Tensor:
     return paddle.concat([x, paddle.full([x.shape[0], length - x.shape[1]], value, dtype=x.dtype)], axis=1)
 
 
-class KTOTrainer(MetricsLoggingMixin, Trainer):
+class KTOTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
     """``KTOTrainer(model, args, kto_args=..., ref_model=..., train_dataset=..., data_collator=...)``.
 
     ``ref_model=None`` uses the policy itself with LoRA adapters disabled as the reference.
@@ -83,11 +83,3 @@ class KTOTrainer(MetricsLoggingMixin, Trainer):
         self.store_metrics(metrics, "train" if model.training else "eval")
         return (loss, metrics) if return_outputs else loss
 
-    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with paddle.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def _remove_unused_columns(self, dataset, description: Optional[str] = None):
-        return dataset

@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping
 
 import paddle
 
-__all__ = ["MetricsLoggingMixin", "read_metrics"]
+__all__ = ["LossOnlyEvaluationMixin", "MetricsLoggingMixin", "read_metrics"]
 
 
 class MetricsLoggingMixin:
@@ -58,3 +58,18 @@ def read_metrics(output_dir: str) -> List[Dict[str, float]]:
     path = os.path.join(output_dir, "metrics.jsonl")
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+class LossOnlyEvaluationMixin:
+    """Evaluation by ``compute_loss`` alone (its metrics go through ``store_metrics``), and batches passed
+    through whole: the preference / unpaired / distillation columns are not ``forward()`` arguments, so
+    the Trainer must not drop them."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):  # noqa: D102
+        inputs = self._prepare_inputs(inputs)
+        with paddle.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _remove_unused_columns(self, dataset, description=None):  # noqa: D102
+        return dataset
