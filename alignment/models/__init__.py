@@ -27,24 +27,7 @@ from .score_model import (
     has_score_head,
 )
 
-__all__ = [
-    "ScoreModel",
-    "ScoreConfig",
-    "ScoreOutput",
-    "ScoreHeadMissingError",
-    "SCORE_TYPES",
-    "NORMALIZER_TYPES",
-    "VALUE_HEAD_NAME",
-    "has_score_head",
-    "DTYPES",
-    "LoraArguments",
-    "resolve_dtype",
-    "load_tokenizer",
-    "load_config",
-    "load_causal_lm",
-    "load_backbone",
-    "wrap_lora",
-    "merge_lora_state_dict",
-    "freeze",
-    "count_parameters",
-]
+from . import loading as _loading
+from . import score_model as _score_model
+
+__all__ = [name for name in _score_model.__all__ + _loading.__all__ if name in globals()]

@@ -110,6 +110,12 @@ def final_answer_share(model_dir: Path, prompts_file: Path, n_prompts: int = 48,
     return sum(bool(FINAL.search(t)) for t in texts) / len(texts)
 
 
+def _stage_flags(output_dir: Path, steps: int) -> List[str]:
+    """Flags every trained stage of the demo shares: where to write, how long, no mid-run checkpoints."""
+    return ["--output_dir", str(output_dir), "--max_steps", str(steps), "--eval_steps", str(steps),
+            "--save_strategy", "no"]
+
+
 def _metrics(path: Path) -> List[Dict[str, float]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -143,8 +149,7 @@ def main(argv: List[str] | None = None) -> None:
         "sft",
         ["alignment/sft/run_sft.py", "config/llama/tiny/sft_argument.json",
          "--model_name_or_path", str(model), "--train_datasets", f"json:1.0:{data['sft']}",
-         "--output_dir", str(sft_dir), "--max_steps", str(args.sft_steps), "--max_length", "160",
-         "--save_strategy", "no", "--eval_steps", str(args.sft_steps), "--logging_steps", "25"],
+         *_stage_flags(sft_dir, args.sft_steps), "--max_length", "160", "--logging_steps", "25"],
         logs,
     )
 
@@ -153,8 +158,7 @@ def main(argv: List[str] | None = None) -> None:
         "reward-model",
         ["alignment/rm/run_reward.py", "config/llama/tiny/rm_argument.json",
          "--model_name_or_path", str(sft_dir), "--train_datasets", f"json:1.0:{data['pairs']}",
-         "--output_dir", str(rm_dir), "--max_steps", str(args.rm_steps), "--max_length", "160",
-         "--save_strategy", "no", "--eval_steps", str(args.rm_steps), "--logging_steps", "25"],
+         *_stage_flags(rm_dir, args.rm_steps), "--max_length", "160", "--logging_steps", "25"],
         logs,
     )
 
@@ -165,8 +169,7 @@ def main(argv: List[str] | None = None) -> None:
          "--actor_model_name_or_path", str(sft_dir), "--reward_model_name_or_path", str(rm_dir),
          "--train_datasets", f"gsm8k:1.0:{data['prompts']}",
          "--eval_datasets", f"gsm8k:0.1:{data['prompts']}",
-         "--output_dir", str(ppo_dir), "--max_steps", str(args.ppo_steps),
-         "--eval_steps", str(args.ppo_steps), "--save_strategy", "no", "--max_dec_len", "48",
+         *_stage_flags(ppo_dir, args.ppo_steps), "--max_dec_len", "48",
          "--learning_rate", "5e-4", "--kl_coeff", "0.05"],
         logs,
     )
