@@ -3,7 +3,8 @@
 Subpackages (see README.md): ``algorithms`` (pure tensor maths, registered by name), ``data``
 (raw-dataset registry and tokenized datasets), ``models`` (score model, loading/saving),
 ``rollout`` (generation and experience), ``parallel`` (the one strategy object over fleet),
-``ops`` (custom operators with fallbacks) and one folder per training stage.
+``training`` (what several stages share) and one folder per training stage; a stage never imports
+another stage.
 """
 
 __version__ = "0.1.0"

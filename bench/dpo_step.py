@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alignment.algorithms.preference import PairLogps, preference_loss  # noqa: E402
-from alignment.dpo.logps import policy_pair_logps, reference_pair_logps  # noqa: E402
+from alignment.training.logps import policy_pair_logps, reference_pair_logps  # noqa: E402
 from alignment.utils.io import atomic_write_json  # noqa: E402
 
 # name: (hidden, layers, heads, intermediate, vocab)

@@ -1,10 +1,11 @@
 """DPOTrainer: a thin PaddleNLP Trainer whose ``compute_loss`` calls ``preference_loss``.
 
-One step: chosen and rejected go through one 2B-row policy forward (``policy_pair_logps``), the
-reference log-probs come from the batch (precomputed), a frozen reference model, or the LoRA policy
-with adapters disabled, and ``alignment.algorithms.preference.preference_loss`` turns them into the
-loss and the metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
-logps/chosen, logps/rejected, nll, loss/<name>) that ``MetricsLoggingMixin`` logs.
+One step: chosen and rejected go through one 2B-row policy forward (``policy_pair_logps`` of
+``alignment.training.logps``), the reference log-probs come from the batch (precomputed), a frozen
+reference model, or the LoRA policy with adapters disabled, and
+``alignment.algorithms.preference.preference_loss`` turns them into the loss and the metrics
+(rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected,
+nll, loss/<name>) that ``MetricsLoggingMixin`` logs.
 
 The reference model is in eval mode, its parameters have ``stop_gradient=True`` and it is an
 attribute of the trainer, not a sub-layer of the policy, so the optimizer never sees it.
@@ -25,8 +26,8 @@ from paddlenlp.trainer import Trainer
 from alignment.algorithms import registry
 from alignment.algorithms.preference import PairLogps, RunningMoments, preference_loss
 from alignment.dpo.config import DPOArguments
-from alignment.dpo.logps import PairForward, policy_pair_logps, reference_pair_logps
 from alignment.models.loading import freeze
+from alignment.training.logps import PairForward, policy_pair_logps, reference_pair_logps
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["DPOTrainer", "WithReferenceLogps", "ReferenceLogpsCollator"]

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # `python alignment/gkd/run_gkd.py ...`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from alignment.gkd.config import GKDArguments  # noqa: E402
-from alignment.sft.config import DataArguments, SFTModelArguments  # noqa: E402
+from alignment.training.arguments import DataArguments, ModelArguments  # noqa: E402
 
 __all__ = ["main"]
 
@@ -29,14 +29,13 @@ def main(argv: Optional[Sequence[str]] = None):
     from paddlenlp.trainer import TrainingArguments, set_seed
 
     from alignment.data import SupervisedDataset
-    from alignment.dpo.run_dpo import finish, load_models
     from alignment.gkd.trainer import GKDTrainer
     from alignment.models.loading import load_causal_lm, resolve_dtype
-    from alignment.sft.run_sft import build_datasets
+    from alignment.training.runner import build_datasets, finish, load_models
     from alignment.utils.cli import ArgumentError, parse_args
 
     model_args, data_args, gkd_args, training_args = parse_args(
-        [SFTModelArguments, DataArguments, GKDArguments, TrainingArguments], argv
+        [ModelArguments, DataArguments, GKDArguments, TrainingArguments], argv
     )
     if not gkd_args.teacher_model_name_or_path:
         raise ArgumentError("teacher_model_name_or_path is required for GKD (a hub name or local path)")

@@ -20,9 +20,9 @@ from paddlenlp.trainer import Trainer
 
 from alignment.algorithms import registry
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
-from alignment.dpo.logps import model_logits, position_ids_from_mask, token_logps
 from alignment.gkd.config import GKDArguments
 from alignment.models.loading import freeze
+from alignment.training.logps import model_logits, position_ids_from_mask, token_logps
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["GKDTrainer", "split_prompts", "generate_completions"]

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `python alignment/kto/run_kto.py ...`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from alignment.kto.config import KTOArguments  # noqa: E402
-from alignment.sft.config import DataArguments, SFTModelArguments  # noqa: E402
+from alignment.training.arguments import DataArguments, ModelArguments  # noqa: E402
 
 __all__ = ["main", "check_class_ratio"]
 
@@ -50,16 +50,17 @@ def main(argv: Optional[Sequence[str]] = None):
     from paddlenlp.trainer import TrainingArguments, set_seed
 
     from alignment.data import UnpairedPreferenceDataset
-    from alignment.dpo.run_dpo import finish, load_models
     from alignment.kto.trainer import KTOTrainer
-    from alignment.sft.run_sft import build_datasets
+    from alignment.training.runner import build_datasets, finish, load_models
     from alignment.utils.cli import parse_args
 
     model_args, data_args, kto_args, training_args = parse_args(
-        [SFTModelArguments, DataArguments, KTOArguments, TrainingArguments], argv
+        [ModelArguments, DataArguments, KTOArguments, TrainingArguments], argv
     )
     set_seed(training_args.seed)
-    tokenizer, model, ref_model = load_models(model_args, training_args, reference=kto_args.ref_model, need_reference=True)
+    tokenizer, model, ref_model = load_models(
+        model_args, training_args, reference=kto_args.ref_model, need_reference=True
+    )
     train_ds, eval_ds = build_datasets(UnpairedPreferenceDataset, data_args, tokenizer, training_args.seed)
     check_class_ratio(train_ds, kto_args)
     trainer = KTOTrainer(

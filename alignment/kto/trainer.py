@@ -15,9 +15,9 @@ from paddlenlp.trainer import Trainer
 
 from alignment.algorithms import registry
 from alignment.data.batches import IGNORE_INDEX
-from alignment.dpo.logps import completion_logps, reference_context
 from alignment.kto.config import KTOArguments
 from alignment.models.loading import freeze
+from alignment.training.logps import completion_logps, reference_context
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["KTOTrainer"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from alignment.models.score_model import ScoreConfig
-from alignment.sft.config import DataArguments
+from alignment.training.arguments import DataArguments
 
 __all__ = ["RewardModelArguments", "RewardDataArguments", "RewardArguments"]
 

@@ -61,7 +61,7 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     from alignment.data import PreferenceDataset
     from alignment.models import load_tokenizer
     from alignment.rm.trainer import RewardTrainer
-    from alignment.sft.run_sft import build_datasets
+    from alignment.training.runner import build_datasets
     from alignment.utils.cli import parse_args
 
     model_args, data_args, reward_args, training_args = parse_args(
@@ -87,7 +87,7 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[Sequence[str]] = None):
     """Parse ``[config.json] [--flag value ...]``, train, save; returns the trainer."""
-    from alignment.sft.run_sft import run_trainer
+    from alignment.training.runner import run_trainer
 
     trainer = build_trainer(argv)
     run_trainer(trainer, trainer.args)

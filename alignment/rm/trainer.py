@@ -26,7 +26,7 @@ from paddlenlp.trainer import Trainer
 
 from alignment.algorithms import get as get_algorithm
 from alignment.rm.config import RewardArguments
-from alignment.sft.trainer import global_batch_sampler
+from alignment.training.sampler import global_batch_sampler
 from alignment.utils.trainer import MetricsLoggingMixin
 
 __all__ = ["RewardTrainer", "reward_metrics"]

@@ -5,9 +5,10 @@
     python -m paddle.distributed.launch --nproc_per_node 2 alignment/sft/run_sft.py \
         config/llama/tiny/sft_argument.json
 
-The argument file holds the fields of ``SFTModelArguments`` and ``DataArguments`` (alignment/sft/config.py)
-and PaddleNLP's ``TrainingArguments``; ``--flag value`` overrides it, an unknown key is an error. The data is
-a ``SupervisedDataset`` (alignment/data): answer tokens (and EOS) are learned, prompt tokens are not.
+The argument file holds the fields of ``SFTModelArguments`` and ``DataArguments`` (the shared ones of
+alignment/training/arguments.py) and PaddleNLP's ``TrainingArguments``; ``--flag value`` overrides it, an
+unknown key is an error. The data is a ``SupervisedDataset`` (alignment/data): answer tokens (and EOS) are
+learned, prompt tokens are not.
 
 Output (``output_dir``): a model ``AutoModelForCausalLM.from_pretrained`` loads (config.json +
 model_state.pdparams) and the tokenizer; with ``lora`` the adapter files (lora_config.json,
@@ -19,47 +20,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # `python alignment/sft/run_sft.py ...`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from alignment.sft.config import DataArguments, SFTModelArguments  # noqa: E402
+from alignment.sft.config import SFTModelArguments  # noqa: E402
+from alignment.training.arguments import DataArguments  # noqa: E402
+from alignment.training.runner import build_datasets, run_trainer, save_merged_lora  # noqa: E402
 
-__all__ = ["main", "build_datasets", "build_trainer", "run_trainer", "save_merged_lora"]
-
-
-def build_datasets(dataset_cls, data_args: DataArguments, tokenizer, seed: int) -> Tuple[Any, Optional[Any]]:
-    """(train, eval or None) tokenized datasets of ``dataset_cls`` (SupervisedDataset, PreferenceDataset)."""
-    kwargs = data_args.dataset_kwargs(seed)
-    train = dataset_cls(data_args.train_datasets, tokenizer, **kwargs)
-    if data_args.eval_datasets:
-        return train, dataset_cls(data_args.eval_datasets, tokenizer, **kwargs)
-    if data_args.eval_split_ratio > 0:
-        return train.split_train_test(data_args.eval_split_ratio, seed=seed)
-    return train, None
-
-
-def run_trainer(trainer, training_args) -> None:
-    """Train / evaluate as ``do_train`` / ``do_eval`` ask (train when neither is set), then save."""
-    do_train = training_args.do_train or not training_args.do_eval
-    if do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_state()
-    if training_args.do_eval and trainer.eval_dataset is not None:
-        trainer.log_metrics("eval", trainer.evaluate())
-
-
-def save_merged_lora(trainer, output_dir: str) -> None:
-    """Write the LoRA-merged full model (no peft needed to load it) into ``output_dir`` (main process only)."""
-    from alignment.models.loading import merge_lora_state_dict
-
-    model = trainer.model
-    state = merge_lora_state_dict(model)
-    if trainer.args.should_save:
-        model.model.save_pretrained(output_dir, state_dict=state)
+__all__ = ["main", "build_trainer"]
 
 
 def build_trainer(argv: Optional[Sequence[str]] = None):

@@ -6,80 +6,24 @@ padding positions carry IGNORE_INDEX and do not count. The mean is over the answ
 data-parallel micro-batch (each rank divides its token sum by the global token count / world size), so N
 processes with per-device batch b train exactly like one process with batch N*b.
 
-``GlobalBatchSampler`` (also used by the reward-model trainer) makes the batches themselves independent of
-the world size: one permutation of the dataset per epoch (seed + epoch), cut into global batches of
-b * world_size, rank r taking the r-th slice of each.
+The batches themselves are independent of the world size too: ``GlobalBatchSampler``
+(alignment/training/sampler.py, shared with the reward-model trainer) cuts one permutation per epoch into
+global batches of b * world_size, rank r taking the r-th slice of each.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Dict, Iterator, List, Optional
+from typing import Dict
 
-import numpy as np
 import paddle
 import paddle.nn.functional as F
-from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer
 
 from alignment.data.batches import IGNORE_INDEX
+from alignment.training.sampler import global_batch_sampler
 from alignment.utils.trainer import MetricsLoggingMixin
 
-__all__ = ["SFTTrainer", "GlobalBatchSampler", "global_batch_sampler", "answer_nll"]
-
-
-class GlobalBatchSampler(DistributedBatchSampler):
-    """Batches that do not depend on the number of data-parallel ranks (see the module docstring).
-
-    Not ``drop_last``: the indices are padded (wrapping around the permutation) to a multiple of
-    ``num_replicas`` so every rank yields the same number of batches; the last global batch may be short.
-    ``drop_last``: only full global batches.
-    """
-
-    def __init__(self, dataset, batch_size: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, seed: int = 0):
-        super().__init__(dataset, batch_size, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                         drop_last=drop_last)
-        self.seed = int(seed)
-
-    def _global_indices(self) -> List[int]:
-        n = len(self.dataset)
-        order = np.arange(n)
-        if self.shuffle:
-            np.random.RandomState(self.seed + self.epoch).shuffle(order)
-        order = order.tolist()
-        global_batch = self.batch_size * self.nranks
-        if self.drop_last:
-            return order[: n - n % global_batch]
-        padding = (-n) % self.nranks
-        return order + (order * math.ceil(padding / max(n, 1)))[:padding]
-
-    def __iter__(self) -> Iterator[List[int]]:
-        order = self._global_indices()
-        global_batch = self.batch_size * self.nranks
-        for start in range(0, len(order), global_batch):
-            chunk = order[start : start + global_batch]
-            per_rank = len(chunk) // self.nranks
-            yield chunk[self.local_rank * per_rank : (self.local_rank + 1) * per_rank]
-
-    def __len__(self) -> int:
-        return math.ceil(len(self._global_indices()) / (self.batch_size * self.nranks))
-
-
-def global_batch_sampler(trainer: Trainer) -> Optional[GlobalBatchSampler]:
-    """The training sampler of ``trainer`` (replaces PaddleNLP's world-size-dependent default)."""
-    if trainer.train_dataset is None:
-        return None
-    args = trainer.args
-    return GlobalBatchSampler(
-        trainer.train_dataset,
-        batch_size=args.per_device_train_batch_size,
-        num_replicas=max(int(args.dataset_world_size), 1),
-        rank=int(args.dataset_rank),
-        shuffle=True,
-        drop_last=bool(args.dataloader_drop_last),
-        seed=int(getattr(args, "data_seed", None) or args.seed),
-    )
+__all__ = ["SFTTrainer", "answer_nll"]
 
 
 def _global_sum(value: paddle.Tensor) -> paddle.Tensor:

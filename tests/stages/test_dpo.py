@@ -21,8 +21,8 @@ from alignment.algorithms import registry
 from alignment.algorithms.preference import PairLogps, RunningMoments, preference_loss
 from alignment.data import IGNORE_INDEX, PreferenceDataset
 from alignment.dpo.config import DPOArguments
-from alignment.dpo.logps import concat_pair, policy_pair_logps, reference_pair_logps
 from alignment.dpo.trainer import DPOTrainer
+from alignment.training.logps import concat_pair, policy_pair_logps, reference_pair_logps
 from alignment.utils.trainer import read_metrics
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -147,7 +147,7 @@ def test_pair_logps_match_loop_reference(tiny_model_dir, shipped):
 
 def test_token_logps_equals_gather_logps():
     from alignment.algorithms.utils import gather_logps
-    from alignment.dpo.logps import token_logps
+    from alignment.training.logps import token_logps
 
     paddle.seed(0)
     logits = paddle.randn([3, 7, 50]) * 4
@@ -453,9 +453,9 @@ def test_cli_rejects_unknown_keys_and_values(tiny_model_dir, tmp_path):
 def test_shipped_argument_files_parse():
     from paddlenlp.trainer import TrainingArguments
 
-    from alignment.sft.config import DataArguments, SFTModelArguments as ModelArguments
     from alignment.gkd.config import GKDArguments
     from alignment.kto.config import KTOArguments
+    from alignment.training.arguments import DataArguments, ModelArguments
     from alignment.utils.cli import json_to_argv
     from dataclasses import fields
 

@@ -12,9 +12,9 @@ import pytest
 
 from alignment.algorithms import registry
 from alignment.data import IGNORE_INDEX, SupervisedDataset
-from alignment.dpo.logps import model_logits
 from alignment.gkd.config import GKDArguments
 from alignment.gkd.trainer import GKDTrainer, generate_completions, split_prompts
+from alignment.training.logps import model_logits
 from alignment.utils.trainer import read_metrics
 from tests.stages.test_dpo import GOOD, HELDOUT_TOPICS, TRAIN_TOPICS, load_tiny, one_batch, training_args, write_jsonl
 

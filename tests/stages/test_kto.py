@@ -13,10 +13,10 @@ import pytest
 
 from alignment.algorithms import registry
 from alignment.data import UnpairedPreferenceDataset
-from alignment.dpo.logps import completion_logps, policy_pair_logps, reference_pair_logps
 from alignment.kto.config import KTOArguments
 from alignment.kto.run_kto import check_class_ratio
 from alignment.kto.trainer import KTOTrainer
+from alignment.training.logps import completion_logps, policy_pair_logps, reference_pair_logps
 from alignment.utils.trainer import read_metrics
 from tests.stages.test_dpo import (
     BAD,

@@ -19,7 +19,6 @@ import pytest
 from alignment.algorithms import get as get_algorithm
 from alignment.models import ScoreModel
 from alignment.rm.run_reward import build_trainer, main
-from alignment.sft.run_sft import run_trainer
 from alignment.utils.cli import ArgumentError
 from alignment.utils.trainer import read_metrics
 

@@ -14,8 +14,10 @@ import numpy as np
 import paddle
 import pytest
 
-from alignment.sft.run_sft import build_trainer, main, run_trainer
-from alignment.sft.trainer import GlobalBatchSampler, answer_nll
+from alignment.sft.run_sft import build_trainer, main
+from alignment.sft.trainer import answer_nll
+from alignment.training.runner import run_trainer
+from alignment.training.sampler import GlobalBatchSampler
 from alignment.utils.cli import ArgumentError
 from alignment.utils.trainer import read_metrics
 

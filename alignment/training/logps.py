@@ -115,7 +115,9 @@ def _pad_to(x: paddle.Tensor, length: int, value: int) -> paddle.Tensor:
     return paddle.concat([x, pad], axis=1)
 
 
-def concat_pair(batch: PreferenceBatch, pad_token_id: int = 0) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+def concat_pair(
+    batch: PreferenceBatch, pad_token_id: int = 0
+) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
     """Stack chosen over rejected: (2B, L) input_ids, attention_mask, labels (rows 0..B-1 are chosen)."""
     length = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
     parts = []
@@ -145,7 +147,9 @@ def _split_pair(out: CompletionLogps, ld_alpha: Optional[float]) -> PairForward:
     )
 
 
-def policy_pair_logps(model, batch: PreferenceBatch, *, ld_alpha: Optional[float] = None, pad_token_id: int = 0) -> PairForward:
+def policy_pair_logps(
+    model, batch: PreferenceBatch, *, ld_alpha: Optional[float] = None, pad_token_id: int = 0
+) -> PairForward:
     """One 2B-row forward of the policy. ``ld_alpha`` (LD-DPO) down-weights tokens past the shorter answer."""
     input_ids, attention_mask, labels = concat_pair(batch, pad_token_id)
     return _split_pair(completion_logps(model, input_ids, attention_mask, labels), ld_alpha)
@@ -173,4 +177,5 @@ def reference_pair_logps(model, batch: PreferenceBatch, *, pad_token_id: int = 0
     """Plain summed log-probs of the reference (no LD weighting: ms-swift / LLaMA-Factory semantics)."""
     with reference_context(model):
         out = policy_pair_logps(model, batch, ld_alpha=None, pad_token_id=pad_token_id)
-    return PairForward(*(t.detach() for t in (out.chosen, out.rejected, out.chosen_lengths, out.rejected_lengths, out.chosen_nll)))
+    parts = (out.chosen, out.rejected, out.chosen_lengths, out.rejected_lengths, out.chosen_nll)
+    return PairForward(*(t.detach() for t in parts))
