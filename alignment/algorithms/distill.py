@@ -8,7 +8,7 @@ from typing import Dict, Tuple
 import paddle
 
 from .registry import register
-from .utils import log_softmax, masked_mean
+from .utils import log_softmax, masked_mean, vocab_sum
 
 __all__ = ["generalized_jsd"]
 
@@ -17,7 +17,7 @@ Tensor = paddle.Tensor
 
 def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     """Σ_v p (log p - log q) over the last axis: (B, T, V) -> (B, T)."""
-    return (paddle.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    return vocab_sum(paddle.exp(log_p) * (log_p - log_q))
 
 
 @register("distill", "generalized_jsd")
@@ -43,6 +43,7 @@ def generalized_jsd(
     loss = token mean over the mask (an empty mask gives 0, not NaN), as TRL's "batchmean" over valid
     tokens. Computed in float32 (float64 inputs stay float64). The teacher is not detached here: the caller
     computes it without gradient. Logits must be finite (a -inf logit gives 0·inf). Metric ``jsd``.
+    Vocabulary-parallel logits (V / tp per rank, see ``utils.VocabShard``) give the full-vocabulary value.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1]; got {beta}")

@@ -96,12 +96,22 @@ def load_config(
 ):
     """``AutoConfig`` with the runtime switches every stage sets (dtype, flash attention, recompute).
 
-    ``overrides`` sets further config attributes (e.g. ``{"tensor_parallel_output": False}``).
+    ``overrides`` sets further config attributes (e.g. ``{"recompute_granularity": "full"}``). Under tensor
+    parallelism (``ParallelStrategy.current()``) the config asks PaddleNLP to split the weights on load and
+    to keep the LM logits vocabulary-parallel.
     """
     from paddlenlp.transformers import AutoConfig
 
+    from alignment.parallel import ParallelStrategy
+
     config = AutoConfig.from_pretrained(name_or_path)
     config.dtype = resolve_dtype(dtype)
+    strategy = ParallelStrategy.current()
+    for key, value in strategy.model_kwargs().items():  # tensor parallel: weights are split on load
+        setattr(config, key, value)
+    if strategy.tensor_parallel_degree > 1:
+        config.tensor_parallel_output = True  # vocabulary-parallel logits (see alignment.parallel.vocab)
+        strategy.register_vocab(int(config.vocab_size))
     if use_flash_attention is not None:
         config.use_flash_attention = bool(use_flash_attention)
     if recompute is not None:

@@ -190,7 +190,7 @@ def _gather_end_scores(values: paddle.Tensor) -> paddle.Tensor:
     """End scores (N, D) of every data-parallel rank (this rank's alone when not distributed)."""
     from alignment.parallel import ParallelStrategy
 
-    strategy = ParallelStrategy()
+    strategy = ParallelStrategy.current()
     if not strategy.distributed:
         return values
     return strategy.all_gather(values.reshape([-1])).reshape([-1, values.shape[-1]])

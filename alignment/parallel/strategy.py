@@ -1,44 +1,73 @@
 """The one strategy object over ``paddle.distributed``: every model, collective and rank question goes here.
 
-Only this package imports ``paddle.distributed``. Trainers ask the strategy to create and wrap their
-models, to average metrics, to gather statistics for global whitening/normalisation and to tell the
-main process apart, so tensor/pipeline/sharding parallelism, eval-mode resharding and offload can land
-later behind the same calls.
+Only this package imports ``paddle.distributed``. The layout uses PaddleNLP's switch names:
 
-What runs today: one process, or data parallel over every launched process
-(``python -m paddle.distributed.launch --nproc_per_node N ...``; NCCL on GPUs, gloo on CPU).
-Tensor/pipeline/sharding degrees > 1 raise ``NotImplementedError`` naming the degree.
+    tensor_parallel_degree    split every linear layer and the vocabulary over this many ranks
+    pipeline_parallel_degree  cut the decoder into this many stages
+    sharding_parallel_degree  shard optimizer states (stage1), + gradients (stage2), + parameters (stage3)
+    sharding                  "stage1" | "stage2" | "stage3" (one of them when sharding_parallel_degree > 1)
 
-    strategy = ParallelStrategy.from_args(args)        # or ParallelStrategy() for one process
-    strategy.init()                                    # no-op for one process
-    actor = strategy.create_model(lambda: load_actor(path), role="actor", trainable=True)
+The remaining ranks are data parallel: ``data_parallel_degree = world / (tp * pp * sharding)``, which must be
+a whole number (a one-line ``ValueError`` names the degrees and the world size otherwise). Ranks are
+ordered as PaddleNLP's default ``pp_first`` topology: ``[dp, pp, sharding, mp]``, tensor parallel innermost.
+
+*Data-carrying ranks*: ranks with the same pipeline stage and tensor-parallel rank but different data
+(the data-parallel and sharding axes together). There are ``data_parallel_world_size = dp * sharding`` of
+them; every cross-rank statistic (metrics, reward normalisation, advantage whitening, group baselines,
+running values) reduces over that group only, never over the tensor-parallel replicas of the same data.
+
+    strategy = ParallelStrategy(tensor_parallel_degree=2).init()   # under paddle.distributed.launch
+    kwargs = strategy.model_kwargs()          # tensor_parallel_degree / rank for from_pretrained
+    model = strategy.create_model(factory, role="actor", trainable=True)
     metrics = strategy.all_reduce_mean({"reward": 0.3, "kl": 0.01})
+
+One process, or pure data parallel, keeps the earlier behaviour (``paddle.DataParallel``). On CPU builds of
+Paddle, ``init`` first installs the fill-ins of ``compat.py`` (inert on CUDA builds).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import paddle
 import paddle.distributed as dist
 
-__all__ = ["ParallelStrategy", "unwrap_model", "masked_moments"]
+from . import compat
+
+__all__ = ["ParallelStrategy", "unwrap_model", "masked_moments", "SHARDING_STAGES", "DEGREE_NAMES"]
+
+SHARDING_STAGES = ("stage1", "stage2", "stage3")
+DEGREE_NAMES = ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree")
+_TOPOLOGY_ORDER = ["dp", "pp", "sharding", "sep", "mp"]
+_CURRENT: Optional["ParallelStrategy"] = None
 
 
 def unwrap_model(model: paddle.nn.Layer) -> paddle.nn.Layer:
-    """The plain model inside a ``paddle.DataParallel`` (or any ``_layers`` wrapper); itself otherwise."""
-    while isinstance(model, paddle.DataParallel) or (
-        hasattr(model, "_layers") and isinstance(getattr(model, "_layers"), paddle.nn.Layer)
-    ):
+    """The plain model inside ``paddle.DataParallel`` / fleet wrappers (any ``_layers`` chain); itself otherwise."""
+    while hasattr(model, "_layers") and isinstance(getattr(model, "_layers"), paddle.nn.Layer):
         model = model._layers
     return model
 
 
+def _parse_sharding(value: Any) -> str:
+    """'' or one of SHARDING_STAGES from a string ("stage2", "stage2 offload") or a PaddleNLP option list."""
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(getattr(v, "value", v)) for v in value)
+    words = [w for w in str(value or "").replace(",", " ").split() if w]
+    stages = [w for w in words if w in SHARDING_STAGES]
+    unknown = [w for w in words if w not in SHARDING_STAGES and w != "offload"]
+    if unknown or len(stages) > 1:
+        raise ValueError(
+            f"sharding='{value}' is not valid; allowed values: {', '.join(SHARDING_STAGES)} (one of them), or empty"
+        )
+    return stages[0] if stages else ""
+
+
 @dataclass
 class ParallelStrategy:
-    """Process layout of a run. Degrees other than 1 for tensor/pipeline/sharding are not implemented yet."""
+    """Process layout of a run; see the module docstring."""
 
     tensor_parallel_degree: int = 1
     pipeline_parallel_degree: int = 1
@@ -46,32 +75,55 @@ class ParallelStrategy:
     sharding: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"):
-            value = getattr(self, name)
+        for name in DEGREE_NAMES:
+            value = int(getattr(self, name))
             if value in (-1, 0):  # PaddleNLP's "unset"
-                setattr(self, name, 1)
-            elif value != 1:
-                raise NotImplementedError(
-                    f"{name}={value} is not implemented yet: this version runs one process or pure data "
-                    f"parallel over all launched processes; set {name} to 1 (tensor/pipeline/sharding "
-                    "parallelism is a later issue)"
-                )
-        # "stage1" with sharding_parallel_degree 1 shards nothing: accepted (PaddleNLP configs often carry it).
-        if self.sharding.strip() not in ("", "stage1"):
-            raise NotImplementedError(
-                f"sharding='{self.sharding}' is not implemented yet; leave it empty (data parallel only)"
+                value = 1
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1 (or -1 for unset), got {value}")
+            setattr(self, name, value)
+        self.sharding = _parse_sharding(self.sharding)
+        if self.sharding_parallel_degree > 1 and not self.sharding:
+            self.sharding = "stage1"  # PaddleNLP's default when only the degree is given
+        if self.pipeline_parallel_degree > 1 and self.sharding in ("stage2", "stage3") \
+                and self.sharding_parallel_degree > 1:
+            raise ValueError(
+                f"sharding='{self.sharding}' cannot be combined with pipeline_parallel_degree="
+                f"{self.pipeline_parallel_degree}; use sharding='stage1' with pipeline parallelism"
             )
         self._initialized = False
+        self._hcg = None
+        self._data_group = None
+        self._world = 1
+        self._rank = 0
 
     @classmethod
     def from_args(cls, args) -> "ParallelStrategy":
-        """Build from any object with the PaddleNLP-named degree attributes (missing ones default to 1)."""
+        """Build from any object with the PaddleNLP-named attributes (missing ones default to 1 / '')."""
         return cls(
             tensor_parallel_degree=int(getattr(args, "tensor_parallel_degree", 1) or 1),
             pipeline_parallel_degree=int(getattr(args, "pipeline_parallel_degree", 1) or 1),
             sharding_parallel_degree=int(getattr(args, "sharding_parallel_degree", 1) or 1),
-            sharding=str(getattr(args, "sharding", "") or ""),
+            sharding=getattr(args, "sharding", "") or "",
         )
+
+    @classmethod
+    def current(cls) -> "ParallelStrategy":
+        """The strategy this process initialised last; else one adopting fleet's groups (a PaddleNLP Trainer
+        set them up) or, with neither, a fresh one for one process / pure data parallel."""
+        global _CURRENT
+        if _CURRENT is None:
+            from paddle.distributed.fleet.base import topology as tp
+
+            hcg = tp._HYBRID_PARALLEL_GROUP
+            if hcg is None:
+                return cls().init()
+            cls(
+                tensor_parallel_degree=hcg.get_model_parallel_world_size(),
+                pipeline_parallel_degree=hcg.get_pipe_parallel_world_size(),
+                sharding_parallel_degree=hcg.get_sharding_parallel_world_size(),
+            ).init()
+        return _CURRENT
 
     # ------------------------------------------------------------------ process group
     @staticmethod
@@ -79,30 +131,125 @@ class ParallelStrategy:
         """World size announced by ``paddle.distributed.launch`` (1 for a plain ``python`` run)."""
         return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
 
-    def init(self) -> "ParallelStrategy":
-        """Join the process group when launched with several processes (idempotent)."""
-        if not self._initialized:
-            if self.launched_world_size() > 1 and not dist.is_initialized():
-                dist.init_parallel_env()
-            self._initialized = True
-        return self
+    @property
+    def model_parallel_size(self) -> int:
+        """Ranks that hold one copy of the model: tp * pp * sharding."""
+        return self.tensor_parallel_degree * self.pipeline_parallel_degree * self.sharding_parallel_degree
 
     @property
+    def hybrid(self) -> bool:
+        """True when any of tensor / pipeline / sharding parallelism is on (fleet's hybrid groups are used)."""
+        return self.model_parallel_size > 1
+
+    def check_world_size(self, world: int) -> int:
+        """The data-parallel degree for ``world`` ranks; a one-line ValueError if the degrees do not divide it."""
+        if world % self.model_parallel_size:
+            raise ValueError(
+                f"tensor_parallel_degree={self.tensor_parallel_degree} x pipeline_parallel_degree="
+                f"{self.pipeline_parallel_degree} x sharding_parallel_degree={self.sharding_parallel_degree} = "
+                f"{self.model_parallel_size} does not divide the world size {world}; launch a multiple of "
+                f"{self.model_parallel_size} processes (--nproc_per_node) or change the degrees"
+            )
+        return world // self.model_parallel_size
+
+    def init(self) -> "ParallelStrategy":
+        """Join the process group and build the hybrid groups (idempotent; adopts a fleet set up earlier)."""
+        if self._initialized:
+            return self
+        compat.apply()
+        world = self.launched_world_size()
+        self.data_parallel_degree = self.check_world_size(world)
+        if world > 1:
+            if self.hybrid:
+                self._init_fleet()
+            elif not dist.is_initialized():
+                dist.init_parallel_env()
+            self._world, self._rank = dist.get_world_size(), dist.get_rank()
+        self._initialized = True
+        global _CURRENT
+        _CURRENT = self
+        return self
+
+    def _init_fleet(self) -> None:
+        from paddle.distributed import fleet
+        from paddle.distributed.fleet.base import topology as tp
+
+        hcg = tp._HYBRID_PARALLEL_GROUP
+        if hcg is None:
+            strategy = fleet.DistributedStrategy()
+            strategy.hybrid_configs = {
+                "dp_degree": self.data_parallel_degree,
+                "mp_degree": self.tensor_parallel_degree,
+                "pp_degree": self.pipeline_parallel_degree,
+                "sharding_degree": self.sharding_parallel_degree,
+                "sep_degree": 1,
+                "order": list(_TOPOLOGY_ORDER),
+            }
+            if self.pipeline_parallel_degree > 1:
+                # assign the whole dict: item assignment on strategy.pipeline_configs is silently lost
+                strategy.pipeline_configs = {
+                    "accumulate_steps": 1, "micro_batch_size": 1,
+                    "enable_partial_send_recv": not compat.applied(),  # gloo has no partial send/recv
+                }
+            fleet.init(is_collective=True, strategy=strategy)
+            hcg = fleet.get_hybrid_communicate_group()
+        got = (hcg.get_model_parallel_world_size(), hcg.get_pipe_parallel_world_size(),
+               hcg.get_sharding_parallel_world_size(), hcg.get_data_parallel_world_size())
+        want = (self.tensor_parallel_degree, self.pipeline_parallel_degree, self.sharding_parallel_degree,
+                self.data_parallel_degree)
+        if got != want:
+            raise ValueError(f"fleet was initialised with (tp, pp, sharding, dp) = {got}, this run asks for {want}")
+        self._hcg = hcg
+        if self.data_parallel_world_size > 1:
+            _, self._data_group = hcg.create_fuse_group(["data", "sharding"])
+
+    # ------------------------------------------------------------------ rank questions
+    @property
     def world_size(self) -> int:
-        return dist.get_world_size() if dist.is_initialized() else 1
+        return self._world if self._initialized else (dist.get_world_size() if dist.is_initialized() else 1)
 
     @property
     def rank(self) -> int:
-        return dist.get_rank() if dist.is_initialized() else 0
+        return self._rank if self._initialized else (dist.get_rank() if dist.is_initialized() else 0)
+
+    @property
+    def hcg(self):
+        """fleet's HybridCommunicateGroup (None for one process or pure data parallel)."""
+        return self._hcg
+
+    @property
+    def tensor_parallel_rank(self) -> int:
+        return self._hcg.get_model_parallel_rank() if self._hcg is not None else 0
+
+    @property
+    def pipeline_parallel_rank(self) -> int:
+        return self._hcg.get_stage_id() if self._hcg is not None else 0
+
+    @property
+    def sharding_parallel_rank(self) -> int:
+        return self._hcg.get_sharding_parallel_rank() if self._hcg is not None else 0
 
     @property
     def data_parallel_world_size(self) -> int:
-        """Ranks that see different data (all of them, while only data parallel exists)."""
-        return self.world_size
+        """Ranks that see different data: data parallel x sharding (tensor/pipeline ranks share their data)."""
+        if self._hcg is None:
+            return self.world_size
+        return self.data_parallel_degree * self.sharding_parallel_degree
 
     @property
     def data_parallel_rank(self) -> int:
-        return self.rank
+        """This rank's index among the data-carrying ranks (PaddleNLP's ``dataset_rank``)."""
+        if self._hcg is None:
+            return self.rank
+        return self.sharding_parallel_degree * self._hcg.get_data_parallel_rank() + self.sharding_parallel_rank
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pipeline_parallel_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pipeline_parallel_rank == self.pipeline_parallel_degree - 1
 
     @property
     def is_main_process(self) -> bool:
@@ -112,9 +259,69 @@ class ParallelStrategy:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def tensor_parallel_group(self):
+        return self._hcg.get_model_parallel_group() if self._hcg is not None else None
+
+    @property
+    def pipeline_parallel_group(self):
+        return self._hcg.get_pipe_parallel_group() if self._hcg is not None else None
+
+    @property
+    def sharding_parallel_group(self):
+        return self._hcg.get_sharding_parallel_group() if self._hcg is not None else None
+
+    @property
+    def data_group(self):
+        """The group of data-carrying ranks (None: the whole world, or nothing to reduce)."""
+        return self._data_group
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """Keywords for PaddleNLP ``from_pretrained`` / configs that make a model tensor parallel."""
+        if self.tensor_parallel_degree == 1:
+            return {}
+        return {"tensor_parallel_degree": self.tensor_parallel_degree,
+                "tensor_parallel_rank": self.tensor_parallel_rank}
+
+    def register_vocab(self, vocab_size: int) -> None:
+        """Under tensor parallelism: LM logits hold ``vocab_size / tp`` entries per rank; install the
+        vocabulary shard so log-probs, entropy and JSD reduce across it (``alignment.parallel.vocab``)."""
+        if self.tensor_parallel_degree == 1:
+            return
+        from alignment.algorithms.utils import get_vocab_shard, set_vocab_shard
+
+        from .vocab import vocab_shard
+
+        current = get_vocab_shard()
+        if current is not None and current.full_size != vocab_size:
+            raise ValueError(
+                f"models of one run must share the vocabulary under tensor parallelism: {current.full_size} "
+                f"and {vocab_size}"
+            )
+        if current is None:
+            set_vocab_shard(vocab_shard(self.tensor_parallel_group, vocab_size))
+
+    def gather_vocab(self, logits: paddle.Tensor) -> paddle.Tensor:
+        """Full-vocabulary logits of a vocabulary-parallel (..., V / tp) tensor (sampling's last position only)."""
+        from alignment.algorithms.utils import get_vocab_shard
+
+        shard = get_vocab_shard()
+        if shard is None or logits.shape[-1] != shard.local_size or shard.local_size == shard.full_size:
+            return logits
+        from .vocab import gather_vocab
+
+        return gather_vocab(logits, self.tensor_parallel_group)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def describe(self) -> str:
+        """One line: this rank and the layout, e.g. ``rank 1/4: tp 2 x pp 2 x sharding 1 x dp 1``."""
+        dp = getattr(self, "data_parallel_degree", self.world_size // max(self.model_parallel_size, 1))
+        text = (f"rank {self.rank}/{self.world_size}: tp {self.tensor_parallel_degree} x pp "
+                f"{self.pipeline_parallel_degree} x sharding {self.sharding_parallel_degree} x dp {dp}")
+        return text + (f" ({self.sharding})" if self.sharding_parallel_degree > 1 else "")
 
     # ------------------------------------------------------------------ models
     def create_model(
@@ -127,9 +334,11 @@ class ParallelStrategy:
     ) -> paddle.nn.Layer:
         """Build a model with ``factory()`` and prepare it for its ``role`` (actor, reference, reward, critic).
 
-        Frozen models (``trainable=False``) are put in eval mode with ``stop_gradient`` on every
-        parameter and returned unwrapped; trainable ones are wrapped for data parallel when the world
-        has more than one rank. (Later: the tensor-parallel config goes into ``factory`` here.)
+        ``factory`` must build the model for this layout (pass ``model_kwargs()`` to ``from_pretrained``).
+        Frozen models (``trainable=False``) are put in eval mode with ``stop_gradient`` on every parameter
+        and returned unwrapped; trainable ones are wrapped for data parallel (one process: unchanged).
+        Under hybrid parallelism the trainer wraps a trainable model together with its optimizer
+        (``wrap_model_and_optimizer``), since sharding stage 2 / 3 wrap both at once.
         """
         model = factory()
         if not trainable:
@@ -138,37 +347,62 @@ class ParallelStrategy:
                 p.stop_gradient = True
             return model
         model.train()
+        if self.hybrid:
+            return model
         return self.wrap_model(model, find_unused_parameters=find_unused_parameters)
 
     def wrap_model(self, model: paddle.nn.Layer, find_unused_parameters: bool = False) -> paddle.nn.Layer:
-        """``paddle.DataParallel`` when distributed (parameters are broadcast from rank 0), else ``model``."""
-        if not self.distributed or isinstance(model, paddle.DataParallel):
+        """``paddle.DataParallel`` for pure data parallel (parameters are broadcast from rank 0), else ``model``."""
+        if not self.distributed or self.hybrid or isinstance(model, paddle.DataParallel):
             return model
         return paddle.DataParallel(model, find_unused_parameters=find_unused_parameters)
+
+    def wrap_model_and_optimizer(self, model: paddle.nn.Layer, optimizer):
+        """(model, optimizer) prepared for the hybrid layout: tensor/pipeline wrappers, sharded optimizer.
+
+        stage1: fleet's ``DygraphShardingOptimizer`` (optimizer states split over the sharding group);
+        stage2 / stage3: ``group_sharded_parallel`` levels ``os_g`` / ``p_g_os`` (gradients, and parameters).
+        Without hybrid parallelism both come back unchanged (data parallel wraps in ``create_model``).
+        """
+        if not self.hybrid:
+            return model, optimizer
+        from paddle.distributed import fleet
+
+        if self.sharding in ("stage2", "stage3") and self.sharding_parallel_degree > 1:
+            from paddle.distributed.sharding import group_sharded_parallel
+
+            level = "os_g" if self.sharding == "stage2" else "p_g_os"
+            if self.tensor_parallel_degree > 1:
+                model = fleet.distributed_model(model)
+            model, optimizer, _ = group_sharded_parallel(
+                model, optimizer, level=level, group=self.sharding_parallel_group, segment_size=2 ** 15,
+            )
+            return model, optimizer
+        return fleet.distributed_model(model), fleet.distributed_optimizer(optimizer)
 
     unwrap = staticmethod(unwrap_model)
 
     # ------------------------------------------------------------------ collectives
-    def all_reduce_sum(self, tensor: paddle.Tensor) -> paddle.Tensor:
-        """Sum of ``tensor`` over data-parallel ranks (a new tensor; the input is not modified)."""
+    def _reduce(self, tensor: paddle.Tensor, op) -> paddle.Tensor:
         out = tensor.clone()
-        if self.distributed:
-            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        if self.data_parallel_world_size > 1:
+            dist.all_reduce(out, op=op, group=self._data_group)
         return out
+
+    def all_reduce_sum(self, tensor: paddle.Tensor) -> paddle.Tensor:
+        """Sum of ``tensor`` over the data-carrying ranks (a new tensor; the input is not modified)."""
+        return self._reduce(tensor, dist.ReduceOp.SUM)
 
     def all_reduce_max(self, tensor: paddle.Tensor) -> paddle.Tensor:
-        out = tensor.clone()
-        if self.distributed:
-            dist.all_reduce(out, op=dist.ReduceOp.MAX)
-        return out
+        return self._reduce(tensor, dist.ReduceOp.MAX)
 
     def all_reduce_mean(self, metrics: Mapping[str, float]) -> Dict[str, float]:
-        """Average a dict of scalars over ranks (keys sorted so every rank packs the same order).
+        """Average a dict of scalars over the data-carrying ranks (keys sorted so every rank packs one order).
 
         Keys ending in ``_max`` / ``_min`` are reduced with max / min instead of the mean.
         """
         keys = sorted(metrics)
-        if not self.distributed or not keys:
+        if self.data_parallel_world_size == 1 or not keys:
             return {k: float(metrics[k]) for k in keys}
         values = [float(metrics[k]) for k in keys]
         sign = [(-1.0 if k.endswith("_min") else 1.0) for k in keys]
@@ -177,9 +411,9 @@ class ParallelStrategy:
         ext_part = paddle.to_tensor(
             [s * v if e else float("-inf") for v, s, e in zip(values, sign, is_extreme)], dtype="float64"
         )
-        dist.all_reduce(mean_part, op=dist.ReduceOp.SUM)
-        dist.all_reduce(ext_part, op=dist.ReduceOp.MAX)
-        mean_np = (mean_part / self.world_size).numpy()
+        mean_part = self.all_reduce_sum(mean_part)
+        ext_part = self.all_reduce_max(ext_part)
+        mean_np = (mean_part / self.data_parallel_world_size).numpy()
         ext_np = ext_part.numpy()
         return {
             k: float(s * ext_np[i]) if is_extreme[i] else float(mean_np[i])
@@ -187,22 +421,22 @@ class ParallelStrategy:
         }
 
     def all_gather(self, tensor: paddle.Tensor) -> paddle.Tensor:
-        """Concatenate a 1-D tensor of possibly different length per rank, in rank order."""
+        """Concatenate a 1-D tensor of possibly different length per data-carrying rank, in rank order."""
         tensor = tensor.reshape([-1])
-        if not self.distributed:
+        if self.data_parallel_world_size == 1:
             return tensor
         size = paddle.to_tensor([tensor.shape[0]], dtype="int64")
         sizes: List[paddle.Tensor] = []
-        dist.all_gather(sizes, size)
+        dist.all_gather(sizes, size, group=self._data_group)
         sizes_int = [int(s.item()) for s in sizes]
         longest = max(sizes_int)
         padded = paddle.concat([tensor, paddle.zeros([longest - tensor.shape[0]], dtype=tensor.dtype)])
         parts: List[paddle.Tensor] = []
-        dist.all_gather(parts, padded)
+        dist.all_gather(parts, padded, group=self._data_group)
         return paddle.concat([p[:n] for p, n in zip(parts, sizes_int)])
 
     def all_gather_object(self, obj) -> list:
-        """Python objects from every rank (host round-trip; for small things like RNG states or counts)."""
+        """Python objects from every rank of the world (host round-trip; small things: RNG states, counts)."""
         if not self.distributed:
             return [obj]
         out: list = []
@@ -210,25 +444,22 @@ class ParallelStrategy:
         return out
 
     def broadcast_object(self, obj, src: int = 0):
-        """``obj`` of rank ``src`` on every rank."""
+        """``obj`` of global rank ``src`` on every rank."""
         if not self.distributed:
             return obj
         return self.all_gather_object(obj)[src]
 
     def shard_slice(self, num_items: int) -> slice:
-        """Contiguous slice of ``num_items`` global items that this rank owns (equal parts required)."""
+        """Contiguous slice of ``num_items`` global items that this data-carrying rank owns (equal parts)."""
         world = self.data_parallel_world_size
         if num_items % world:
             raise ValueError(f"cannot split {num_items} items evenly over {world} data-parallel ranks")
         per = num_items // world
         return slice(self.data_parallel_rank * per, (self.data_parallel_rank + 1) * per)
 
-    def describe(self) -> str:
-        return f"rank {self.rank}/{self.world_size} (data parallel {self.data_parallel_world_size})"
-
 
 def masked_moments(strategy: Optional[ParallelStrategy], values: paddle.Tensor, mask: paddle.Tensor):
-    """Global (count, mean, unbiased var) of ``values`` where ``mask`` is 1, over all data-parallel ranks."""
+    """Global (count, mean, unbiased var) of ``values`` where ``mask`` is 1, over the data-carrying ranks."""
     mask = mask.astype("float64")
     v = values.astype("float64")
     stats = paddle.stack([mask.sum(), (v * mask).sum(), (v * v * mask).sum()])
@@ -238,4 +469,3 @@ def masked_moments(strategy: Optional[ParallelStrategy], values: paddle.Tensor, 
     mean = total / paddle.clip(count, min=1.0)
     var = (total_sq - count * mean * mean) / paddle.clip(count - 1.0, min=1.0)
     return count, mean, paddle.clip(var, min=0.0)
-

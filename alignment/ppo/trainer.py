@@ -74,7 +74,7 @@ class PPOTrainer:
         max_length: Optional[int] = None,
     ):
         self.args = args
-        self.strategy = strategy or ParallelStrategy().init()
+        self.strategy = strategy or ParallelStrategy.current()
         self.m = models
         self.reward_fn = reward_fn
         _check_models(args, models, reward_fn)

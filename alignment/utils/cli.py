@@ -89,6 +89,10 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
             if name not in valid:
                 raise _unknown(name, valid, "command line")
     tokens.extend(argv)
+    from alignment.parallel import ParallelStrategy, compat
+
+    compat.apply()  # before TrainingArguments, which may call fleet.init
+    tokens = compat.training_argv(tokens)
     parser = PdArgumentParser(tuple(dataclass_types))
     try:
         parsed = parser.parse_args_into_dataclasses(args=tokens, return_remaining_strings=True)
@@ -101,4 +105,10 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
     *objs, remaining = parsed
     if remaining:
         raise ArgumentError(f"unrecognised arguments: {' '.join(remaining)}")
+    for obj in objs:  # the layout of a Trainer-based stage: validated, groups adopted from fleet
+        if hasattr(obj, "tensor_parallel_degree") and hasattr(obj, "per_device_train_batch_size"):
+            try:
+                ParallelStrategy.from_args(obj).init()
+            except ValueError as e:
+                raise ArgumentError(str(e)) from None
     return tuple(objs)

@@ -49,11 +49,26 @@ def test_create_model_freezes_or_wraps():
     assert unwrap_model(trained) is trained  # one process: nothing to wrap
 
 
-@pytest.mark.parametrize("name", ["tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"])
-def test_later_degrees_are_refused(name):
-    with pytest.raises(NotImplementedError, match=name):
-        ParallelStrategy(**{name: 2})
-    assert getattr(ParallelStrategy(**{name: -1}), name) == 1
+def test_layout_validation_names_the_degrees_and_world_size():
+    s = ParallelStrategy(tensor_parallel_degree=2, pipeline_parallel_degree=2)
+    assert s.check_world_size(8) == 2 and s.model_parallel_size == 4 and s.hybrid
+    with pytest.raises(ValueError, match=r"tensor_parallel_degree=2 x pipeline_parallel_degree=2 x "
+                                         r"sharding_parallel_degree=1 = 4 does not divide the world size 6"):
+        s.check_world_size(6)
+    assert ParallelStrategy(sharding_parallel_degree=2).sharding == "stage1"  # PaddleNLP's default stage
+    assert ParallelStrategy(sharding="stage3 offload", sharding_parallel_degree=2).sharding == "stage3"
+    with pytest.raises(ValueError, match="sharding='stage4' is not valid; allowed values: stage1, stage2, stage3"):
+        ParallelStrategy(sharding="stage4")
+    with pytest.raises(ValueError, match="cannot be combined with pipeline_parallel_degree=2"):
+        ParallelStrategy(pipeline_parallel_degree=2, sharding_parallel_degree=2, sharding="stage2")
+    with pytest.raises(ValueError, match="tensor_parallel_degree must be >= 1"):
+        ParallelStrategy(tensor_parallel_degree=-3)
+    assert ParallelStrategy(tensor_parallel_degree=-1).tensor_parallel_degree == 1  # PaddleNLP's "unset"
+
+
+def test_one_process_layout_needs_one_rank():
+    with pytest.raises(ValueError, match="does not divide the world size 1"):
+        ParallelStrategy(tensor_parallel_degree=2).init()
 
 
 def test_masked_moments_single_process():
