@@ -80,7 +80,11 @@ def ensure_pad_token(tokenizer: Any, model: Any = None, pad_token: str = "<pad>"
             )
     if model is not None:
         embeddings = model.get_input_embeddings()
-        if embeddings is not None and embeddings.weight.shape[0] < len(tokenizer):
+        config = getattr(model, "config", None)
+        # the config's vocab_size, not the weight's rows: under tensor parallelism a rank holds V / tp rows
+        rows = int(getattr(config, "vocab_size", 0) or 0) or (
+            embeddings.weight.shape[0] if embeddings is not None else 0)
+        if embeddings is not None and rows < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         if getattr(model, "config", None) is not None:
             model.config.pad_token_id = pad

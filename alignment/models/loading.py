@@ -36,6 +36,7 @@ __all__ = [
     "merge_lora_state_dict",
     "freeze",
     "count_parameters",
+    "save_causal_lm",
 ]
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -252,6 +253,29 @@ def merge_lora_state_dict(lora_model) -> Dict[str, paddle.Tensor]:
             if is_lora and not getattr(layer, "merged", False):
                 merged[f"{name}.weight"] = layer.weight + layer.get_delta_weight().astype(layer.weight.dtype)
     return merged
+
+
+def save_causal_lm(save_dir: str, state_dict: Dict[str, paddle.Tensor], config, architecture: str) -> None:
+    """Write a single-process causal-LM checkpoint (model_state.pdparams + config.json) from a full state dict.
+
+    ``config`` may come from a tensor- or pipeline-parallel model: the saved one says one process
+    (tensor_parallel_degree 1) and ``architecture`` (e.g. ``LlamaForCausalLM``). Files are written under
+    temporary names and renamed; config.json last, so a directory with a config is complete.
+    """
+    import copy
+
+    from alignment.utils.io import atomic_write_json
+
+    os.makedirs(save_dir, exist_ok=True)
+    tmp = os.path.join(save_dir, ".model_state.pdparams.tmp")
+    paddle.save(state_dict, tmp)
+    os.replace(tmp, os.path.join(save_dir, "model_state.pdparams"))
+    config = copy.deepcopy(config)
+    config.tensor_parallel_degree, config.tensor_parallel_rank = 1, 0
+    config.architectures = [architecture]
+    import json
+
+    atomic_write_json(os.path.join(save_dir, "config.json"), json.loads(config.to_json_string()))
 
 
 # ------------------------------------------------------------------------------------------- freezing

@@ -54,7 +54,7 @@ def reward_metrics(eval_pred) -> Dict[str, float]:
 def _mean_over_ranks(metrics: Dict[str, paddle.Tensor]) -> Dict[str, float]:
     from alignment.parallel import ParallelStrategy
 
-    return ParallelStrategy().all_reduce_mean({k: float(v) for k, v in metrics.items()})
+    return ParallelStrategy.current().all_reduce_mean({k: float(v) for k, v in metrics.items()})
 
 
 class RewardTrainer(MetricsLoggingMixin, Trainer):

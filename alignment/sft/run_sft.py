@@ -32,6 +32,23 @@ from alignment.training.runner import build_datasets, run_trainer, save_merged_l
 __all__ = ["main", "build_trainer"]
 
 
+def sft_pipeline_model(path: str, training_args, model_args, dtype):
+    """The causal LM as pipeline stages whose last stage computes ``answer_nll``."""
+    from functools import partial
+
+    from alignment.models.pipeline import PipeCriterion, load_causal_lm_pipe, pipeline_inputs
+    from alignment.sft.trainer import answer_nll
+
+    world = max(int(training_args.dataset_world_size), 1)
+    criterion = PipeCriterion(lambda logits, labels: answer_nll(logits, labels[0], world_size=world)[0])
+    model = load_causal_lm_pipe(path, criterion=criterion, dtype=dtype,
+                                use_flash_attention=model_args.use_flash_attention,
+                                recompute=training_args.recompute)
+    model._prepare_pipeline_inputs_func = partial(
+        pipeline_inputs, first=("input_ids", "attention_mask", "position_ids"), labels=("labels",))
+    return model
+
+
 def build_trainer(argv: Optional[Sequence[str]] = None):
     """Parse the arguments and build model, data and ``SFTTrainer`` (nothing trained yet)."""
     import paddle
@@ -50,10 +67,17 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                padding_side="right", model_max_length=data_args.max_length)
     path = model_args.model_name_or_path
+    pipeline = training_args.pipeline_parallel_degree > 1
     with paddle.utils.unique_name.guard():  # parameter names (optimizer-state keys) independent of earlier models
-        model = load_causal_lm(path, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
-                               recompute=training_args.recompute, tokenizer=tokenizer)
+        if pipeline:
+            model = sft_pipeline_model(path, training_args, model_args, dtype)
+        else:
+            model = load_causal_lm(path, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
+                                   recompute=training_args.recompute, tokenizer=tokenizer)
         if model_args.lora:
+            if pipeline:
+                raise ValueError("lora with pipeline_parallel_degree > 1 is not supported; use tensor parallelism "
+                                 "or sharding for LoRA runs")
             model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=path)
     train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)
     trainer = SFTTrainer(

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Dict
 
 import paddle
-import paddle.nn.functional as F
 from paddlenlp.trainer import Trainer
 
+from alignment.algorithms.utils import gather_logps
 from alignment.data.batches import IGNORE_INDEX
 from alignment.training.sampler import global_batch_sampler
 from alignment.utils.trainer import MetricsLoggingMixin
@@ -29,7 +29,7 @@ __all__ = ["SFTTrainer", "answer_nll"]
 def _global_sum(value: paddle.Tensor) -> paddle.Tensor:
     from alignment.parallel import ParallelStrategy
 
-    return ParallelStrategy().all_reduce_sum(value)
+    return ParallelStrategy.current().all_reduce_sum(value)  # over the data-carrying ranks only
 
 
 def answer_nll(logits: paddle.Tensor, labels: paddle.Tensor, world_size: int = 1):
@@ -37,14 +37,13 @@ def answer_nll(logits: paddle.Tensor, labels: paddle.Tensor, world_size: int = 1
 
     logits (B, L, V), labels (B, L) unshifted with IGNORE_INDEX outside the answers. Returns
     (loss, local token sum of the NLL, global token count). With ``world_size`` N the local loss is
-    sum_local / (count_global / N), whose mean over ranks is sum_global / count_global.
+    sum_local / (count_global / N), whose mean over ranks is sum_global / count_global. Under tensor
+    parallelism ``logits`` hold this rank's vocabulary slice (B, L, V / tp) and the NLL is computed
+    vocabulary-parallel (``gather_logps``): the full logits are never gathered.
     """
-    logits = logits[:, :-1].astype("float32")
     target = labels[:, 1:]
     mask = (target != IGNORE_INDEX).astype("float32")
-    nll = F.cross_entropy(
-        logits.reshape([-1, logits.shape[-1]]), paddle.clip(target, min=0).reshape([-1, 1]), reduction="none"
-    ).reshape(mask.shape)
+    nll = -gather_logps(logits[:, :-1], target)
     total = (nll * mask).sum()
     count = mask.sum().detach()
     if world_size > 1:
@@ -81,6 +80,8 @@ class SFTTrainer(MetricsLoggingMixin, Trainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        if self.args.pipeline_parallel_degree > 1:  # the last stage computes the loss (eval_batch)
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         with paddle.no_grad():
             loss = self.compute_loss(model, inputs)

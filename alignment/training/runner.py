@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple
 
 from alignment.training.arguments import DataArguments, ModelArguments
 
-__all__ = ["build_datasets", "load_models", "run_trainer", "save_merged_lora", "finish"]
+__all__ = ["build_datasets", "load_models", "run_trainer", "save_model", "save_merged_lora", "finish"]
 
 
 def build_datasets(dataset_cls, data_args: DataArguments, tokenizer, seed: int) -> Tuple[Any, Optional[Any]]:
@@ -56,11 +56,36 @@ def run_trainer(trainer, training_args) -> None:
     do_train = training_args.do_train or not training_args.do_eval
     if do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
+        save_model(trainer)
         trainer.log_metrics("train", result.metrics)
         trainer.save_state()
     if training_args.do_eval and trainer.eval_dataset is not None:
         trainer.log_metrics("eval", trainer.evaluate())
+
+
+def save_model(trainer, output_dir: Optional[str] = None) -> None:
+    """The trained model as one single-process checkpoint (merged over tensor / pipeline ranks) + tokenizer.
+
+    Score-model trainers save through their own ``_save``; a pipeline-parallel causal LM is gathered with
+    ``alignment.parallel.checkpoint.full_state_dict``; everything else is the Trainer's merged save.
+    """
+    from alignment.models.pipeline import is_pipeline_model
+
+    output_dir = output_dir or trainer.args.output_dir
+    if not is_pipeline_model(trainer.model):
+        trainer.save_model(output_dir, merge_tensor_parallel=True)
+        return
+    from alignment.models.loading import save_causal_lm
+    from alignment.parallel import unwrap_model
+    from alignment.parallel.checkpoint import full_state_dict
+
+    state = full_state_dict(trainer.model)
+    if state is not None:
+        inner = unwrap_model(trainer.model)
+        arch = type(inner).__mro__[1].__name__.replace("Pipe", "")  # LlamaForCausalLMPipe -> LlamaForCausalLM
+        save_causal_lm(output_dir, state, inner.config, arch)
+        if trainer.tokenizer is not None:
+            trainer.tokenizer.save_pretrained(output_dir)
 
 
 def save_merged_lora(trainer, output_dir: str) -> None:

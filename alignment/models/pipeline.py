@@ -1,0 +1,208 @@
+"""Pipeline-parallel models: a decoder cut into ``PipelineLayer`` stages whose last stage computes the loss.
+
+    criterion = PipeCriterion(lambda logits, labels: my_loss(logits, *labels))
+    model = load_causal_lm_pipe("checkpoints/sft", criterion=criterion)          # LM head on the last stage
+    rm = load_score_model_pipe("checkpoints/rm", criterion=criterion)            # score head instead
+    inputs = pipeline_inputs(batches, first=("input_ids", "attention_mask", "position_ids"), labels=("labels",))
+
+The stages reuse PaddleNLP's pipeline layers of each family (``LlamaForCausalLMPipe``,
+``Qwen2ForCausalLMPipe``: embedding, decoder layers, final norm, LM head), so weights load from an ordinary
+single-file checkpoint (split over the tensor-parallel ranks on load) and ``state_dict()`` uses the
+single-model names. Two things are ours:
+
+* the loss: ``PipeCriterion`` wraps a function of (last-stage output, label tensors) - the LM NLL, the
+  reward-model pair loss, a preference loss, the PPO actor or critic loss - instead of PaddleNLP's
+  pretraining criterion;
+* the score head: for a score model (reward, cost, critic) the LM head is replaced by ``ScoreHeadPipe``,
+  a ``Linear(hidden, score_dim)`` named ``score_head`` like ``ScoreModel``'s, giving per-token scores.
+
+Micro-batches are passed as lists (one tensor per micro-batch), so a micro-batch may hold any number of rows
+(a preference pair is two rows) and the last batch of an epoch may be short. ``pipeline_inputs`` pads the
+micro-batches of one accumulation cycle to one sequence length, as the stage-to-stage transfer expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import paddle
+from paddle import nn
+
+__all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "load_causal_lm_pipe", "load_score_model_pipe",
+           "pipe_class", "is_pipeline_model"]
+
+_PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100, "position_ids": 0}
+
+
+class PipeCriterion(nn.Layer):
+    """The last stage's loss: ``fn(output, labels)`` with ``labels`` the tuple of label tensors."""
+
+    def __init__(self, fn: Callable[[paddle.Tensor, tuple], paddle.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, output, labels):
+        if not isinstance(labels, (tuple, list)):
+            labels = (labels,)
+        return self.fn(output, tuple(labels))
+
+
+class ScoreHeadPipe(nn.Layer):
+    """Last stage of a score model: final hidden states (B, L, H) -> per-token scores (B, L) or (B, L, D)."""
+
+    def __init__(self, config, score_dim: int = 1, bias: bool = False):
+        super().__init__()
+        std = float(getattr(config, "initializer_range", 0.02) or 0.02)
+        self.score_dim = int(score_dim)
+        self.score_head = nn.Linear(
+            config.hidden_size, self.score_dim,
+            weight_attr=paddle.ParamAttr(initializer=nn.initializer.Normal(mean=0.0, std=std)),
+            bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0)) if bias else False,
+        )
+
+    def forward(self, args):
+        hidden = args[0] if isinstance(args, tuple) else args
+        scores = self.score_head(hidden).astype("float32")
+        return scores.squeeze(-1) if self.score_dim == 1 else scores
+
+
+def _base_pipe_class(model_type: str):
+    if model_type == "llama":
+        from paddlenlp.transformers.llama.modeling_pp import LlamaForCausalLMPipe
+
+        return LlamaForCausalLMPipe
+    if model_type == "qwen2":
+        from paddlenlp.transformers.qwen2.modeling_pp import Qwen2ForCausalLMPipe
+
+        return Qwen2ForCausalLMPipe
+    raise ValueError(
+        f"pipeline_parallel_degree > 1 supports model_type llama and qwen2; this checkpoint is '{model_type}'"
+    )
+
+
+_PIPE_CLASSES: Dict[tuple, type] = {}
+
+
+def pipe_class(model_type: str, *, score_head: Optional[Mapping[str, Any]] = None) -> type:
+    """The PipelineLayer class of a family whose loss is the config's ``alignment_criterion``.
+
+    With ``score_head`` ({"score_dim": D, "bias": b}) the LM head is replaced by ``ScoreHeadPipe``.
+    """
+    key = (model_type, None if score_head is None else tuple(sorted(score_head.items())))
+    if key in _PIPE_CLASSES:
+        return _PIPE_CLASSES[key]
+    base = _base_pipe_class(model_type)
+    from alignment.parallel import pipeline_layer_desc
+
+    head = dict(score_head) if score_head is not None else None
+
+    def get_loss_fn(self, config):
+        criterion = getattr(config, "alignment_criterion", None)
+        if criterion is None:
+            raise ValueError("a pipeline model needs config.alignment_criterion (a PipeCriterion)")
+        return criterion
+
+    def add_sequential_layer(self, desc, name_prefix=""):
+        if head is not None and name_prefix == "lm_head":
+            desc, name_prefix = pipeline_layer_desc(ScoreHeadPipe, config=self.config, **head), ""
+        return base.add_sequential_layer(self, desc, name_prefix)
+
+    name = base.__name__.replace("ForCausalLMPipe", "ForScorePipe" if head is not None else "ForAlignmentPipe")
+    cls = type(name, (base,), {"get_loss_fn": get_loss_fn, "add_sequential_layer": add_sequential_layer})
+    _PIPE_CLASSES[key] = cls
+    return cls
+
+
+def is_pipeline_model(model) -> bool:
+    from alignment.parallel import is_pipeline_layer
+
+    while hasattr(model, "_layers") and not is_pipeline_layer(model):
+        model = model._layers
+    return is_pipeline_layer(model)
+
+
+def _load(name_or_path: str, criterion: PipeCriterion, dtype: Any, score_head, config_overrides, **config_kw):
+    from .loading import load_config, resolve_dtype
+
+    dtype = resolve_dtype(dtype)
+    config = load_config(name_or_path, dtype=dtype, overrides=config_overrides, **config_kw)
+    if getattr(config, "tie_word_embeddings", False) and score_head is None:
+        raise ValueError(
+            f"'{name_or_path}' ties its input and output embeddings; pipeline parallelism here needs untied "
+            "weights (tie_word_embeddings false)"
+        )
+    config.alignment_criterion = criterion
+    cls = pipe_class(config.model_type, score_head=score_head)
+    try:
+        model = cls.from_pretrained(name_or_path, config=config, dtype=dtype)
+    finally:
+        del config.alignment_criterion  # read once by get_loss_fn; a config must stay JSON-serialisable
+    return model
+
+
+def load_causal_lm_pipe(
+    name_or_path: str, *, criterion: PipeCriterion, dtype: Any = None, use_flash_attention: Optional[bool] = None,
+    recompute: Optional[bool] = None, config_overrides: Optional[Dict[str, Any]] = None,
+):
+    """A causal LM as pipeline stages (call after ``ParallelStrategy.init`` with pipeline_parallel_degree > 1)."""
+    return _load(name_or_path, criterion, dtype, None, config_overrides, use_flash_attention=use_flash_attention,
+                 recompute=recompute)
+
+
+def load_score_model_pipe(
+    name_or_path: str, *, criterion: PipeCriterion, dtype: Any = None, score_dim: int = 1, bias: bool = False,
+    use_flash_attention: Optional[bool] = None, recompute: Optional[bool] = None,
+    config_overrides: Optional[Dict[str, Any]] = None,
+):
+    """A score model (backbone + ``score_head``) as pipeline stages; the head loads from ``score_head.*``.
+
+    A checkpoint without a head (an SFT model) starts a new head, as ``init_score_head=True`` does.
+    """
+    return _load(name_or_path, criterion, dtype, {"score_dim": int(score_dim), "bias": bool(bias)},
+                 config_overrides, use_flash_attention=use_flash_attention, recompute=recompute)
+
+
+def _pad(t: paddle.Tensor, length: int, value: int) -> paddle.Tensor:
+    if t.ndim < 2 or t.shape[1] == length:
+        return t
+    pad = paddle.full([t.shape[0], length - t.shape[1], *t.shape[2:]], value, dtype=t.dtype)
+    return paddle.concat([t, pad], axis=1)
+
+
+def pipeline_inputs(
+    batches: Union[Mapping[str, paddle.Tensor], Sequence[Mapping[str, paddle.Tensor]]],
+    *,
+    first: Sequence[str],
+    labels: Sequence[str],
+    transform: Optional[Callable[[Mapping[str, paddle.Tensor]], Mapping[str, paddle.Tensor]]] = None,
+    pad_values: Optional[Mapping[str, int]] = None,
+) -> List[tuple]:
+    """``[first-stage inputs, last-stage labels]`` for ``PipelineParallel`` from one or more batches.
+
+    ``batches``: one micro-batch (a dict) or the micro-batches of one accumulation cycle (a list). Each entry
+    of the result is a tuple with one list per key (one tensor per micro-batch). ``transform`` maps each
+    micro-batch first (e.g. chosen + rejected -> 2B rows). Sequence tensors are right-padded to the longest
+    of the cycle with ``pad_values`` (defaults: ids 0, masks 0, labels -100). The attention mask goes to the
+    first stage as bool, which every device reads as a padding mask.
+    """
+    if isinstance(batches, Mapping):
+        batches = [batches]
+    batches = [dict(transform(b)) if transform is not None else dict(b) for b in batches]
+    pads = dict(_PAD_VALUES, **(pad_values or {}))
+    seq_keys = [k for k in (*first, *labels) if batches[0].get(k) is not None and batches[0][k].ndim >= 2]
+    length = max(int(b[k].shape[1]) for b in batches for k in seq_keys) if seq_keys else 0
+
+    def column(key: str, to_bool: bool = False):
+        out = []
+        for b in batches:
+            t = b.get(key)
+            if t is not None and key in seq_keys:
+                t = _pad(t, length, pads.get(key, 0))
+            if t is not None and to_bool:
+                t = t.astype("bool")
+            out.append(t)
+        return out
+
+    first_cols = tuple(column(k, to_bool=(k == "attention_mask")) for k in first)
+    label_cols = tuple(column(k) for k in labels)
+    return [first_cols, label_cols]
