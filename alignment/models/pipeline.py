@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import paddle
 from paddle import nn
 
-__all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "load_causal_lm_pipe", "load_score_model_pipe",
+__all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "stack_pairs", "load_causal_lm_pipe", "load_score_model_pipe",
            "pipe_class", "is_pipeline_model"]
 
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100, "position_ids": 0}
@@ -160,6 +160,17 @@ def load_score_model_pipe(
     """
     return _load(name_or_path, criterion, dtype, {"score_dim": int(score_dim), "bias": bool(bias)},
                  config_overrides, use_flash_attention=use_flash_attention, recompute=recompute)
+
+
+def stack_pairs(batch: Mapping[str, paddle.Tensor], first: str = "chosen", second: str = "rejected"
+                ) -> Dict[str, paddle.Tensor]:
+    """A pair batch with ``input_ids`` / ``attention_mask`` of 2B rows: the B ``first`` rows, then the B
+    ``second`` rows (both halves share one length L); the other entries pass through."""
+    out = dict(batch)
+    out["input_ids"] = paddle.concat([batch[f"{first}_input_ids"], batch[f"{second}_input_ids"]], axis=0)
+    out["attention_mask"] = paddle.concat(
+        [batch[f"{first}_attention_mask"], batch[f"{second}_attention_mask"]], axis=0)
+    return out
 
 
 def _pad(t: paddle.Tensor, length: int, value: int) -> paddle.Tensor:

@@ -65,6 +65,7 @@ __all__ = [
     "VALUE_HEAD_NAME",
     "WEIGHTS_NAME",
     "has_score_head",
+    "save_score_checkpoint",
 ]
 
 SCORE_TYPES = ("reward", "cost", "critic")
@@ -306,31 +307,11 @@ class ScoreModel(paddle.nn.Layer):
 
     def head_state(self) -> Dict[str, np.ndarray]:
         """Head + normaliser in the ms-swift / TRL value-head layout (float32, weight as (D, H))."""
-        w = self.score_head.weight.astype("float32").numpy().T.copy()
-        b = (self.score_head.bias.astype("float32").numpy() if self.score_head.bias is not None
-             else np.zeros([w.shape[0]], dtype="float32"))
-        tensors = {_HEAD_W: np.ascontiguousarray(w), _HEAD_B: np.ascontiguousarray(b)}
-        for k, v in self.normalizer_state().items():
-            tensors[f"normalizer.{k}"] = np.ascontiguousarray(v.reshape(v.shape or [1]))
-        return tensors
+        return _head_tensors(self.state_dict())
 
     def config_dict(self) -> Dict[str, Any]:
         """config.json contents: the backbone config plus the score fields and normaliser statistics."""
-        d = json.loads(self.config.to_json_string())
-        for key in _SCORE_CONFIG_KEYS:
-            d.pop(key, None)
-        d.update(self.score_config.to_config_dict())
-        norm = self.normalizer_state()
-        if "mean" in norm:
-            d["mean"] = norm["mean"].reshape([-1]).tolist()
-        if "var" in norm:
-            d["var"] = norm["var"].reshape([-1]).tolist()
-        if "count" in norm:
-            d["normalizer_count"] = float(norm["count"].reshape([-1])[0])
-        family = type(self.backbone).__name__
-        family = family[: -len("Model")] if family.endswith("Model") else family
-        d["architectures"] = [f"{family}ForScore"]
-        return d
+        return _score_config_dict(self.config, self.score_config, self.normalizer_state(), type(self.backbone).__name__)
 
     def save_pretrained(
         self, save_dir: str, *, is_main_process: bool = True, state_dict=None, **_ignored
@@ -340,19 +321,8 @@ class ScoreModel(paddle.nn.Layer):
         Each file is written under a temporary name and renamed, config.json last. Other files in the
         directory (a tokenizer, training arguments) are left alone. Only ``is_main_process`` writes.
         """
-        if not is_main_process:
-            return
-        from safetensors.numpy import save_file
-
-        os.makedirs(save_dir, exist_ok=True)
-        state = state_dict if state_dict is not None else self.state_dict()
-        tmp = os.path.join(save_dir, f".{WEIGHTS_NAME}.tmp")
-        paddle.save(state, tmp)
-        os.replace(tmp, os.path.join(save_dir, WEIGHTS_NAME))
-        tmp = os.path.join(save_dir, f".{VALUE_HEAD_NAME}.tmp")
-        save_file(self.head_state(), tmp, metadata={"format": "pt", "score_type": self.score_type})
-        os.replace(tmp, os.path.join(save_dir, VALUE_HEAD_NAME))
-        atomic_write_json(os.path.join(save_dir, CONFIG_NAME), self.config_dict())
+        if is_main_process:
+            save_score_checkpoint(self, save_dir, state_dict if state_dict is not None else self.state_dict())
 
     # ----------------------------------------------------------------------------------------- loading
     def load_head_state(self, tensors: Dict[str, np.ndarray], source: str = "value head") -> None:
@@ -470,6 +440,83 @@ class ScoreModel(paddle.nn.Layer):
             logger.info("%s: initialised a new score head (init_score_head=True)", name_or_path)
         model.eval()  # as PaddleNLP / HF models: a stray forward must not update the normaliser
         return model
+
+
+def _numpy(value) -> np.ndarray:
+    return np.asarray(value.astype("float32").numpy() if hasattr(value, "numpy") else value, dtype="float32")
+
+
+def _head_tensors(state: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """value_head.safetensors tensors from a full state dict: v_head weight (D, H), bias (D,), normaliser."""
+    w = _numpy(state["score_head.weight"]).T.copy()
+    b = _numpy(state["score_head.bias"]) if state.get("score_head.bias") is not None \
+        else np.zeros([w.shape[0]], dtype="float32")
+    tensors = {_HEAD_W: np.ascontiguousarray(w), _HEAD_B: np.ascontiguousarray(b.reshape([-1]))}
+    for k in _NORM_KEYS:
+        if f"normalizer.{k}" in state:
+            v = _numpy(state[f"normalizer.{k}"])
+            tensors[f"normalizer.{k}"] = np.ascontiguousarray(v.reshape(v.shape or [1]))
+    return tensors
+
+
+def _score_config_dict(backbone_config, score_config: ScoreConfig, norm: Dict[str, np.ndarray],
+                       backbone_class: str) -> Dict[str, Any]:
+    d = json.loads(backbone_config.to_json_string())
+    for key in _SCORE_CONFIG_KEYS:
+        d.pop(key, None)
+    d.update(score_config.to_config_dict())
+    d["tensor_parallel_degree"], d["tensor_parallel_rank"] = 1, 0  # the saved weights are merged
+    if "mean" in norm:
+        d["mean"] = norm["mean"].reshape([-1]).tolist()
+    if "var" in norm:
+        d["var"] = norm["var"].reshape([-1]).tolist()
+    if "count" in norm:
+        d["normalizer_count"] = float(norm["count"].reshape([-1])[0])
+    family = backbone_class
+    for suffix in ("ForScorePipe", "Model"):
+        family = family[: -len(suffix)] if family.endswith(suffix) else family
+    d["architectures"] = [f"{family}ForScore"]
+    return d
+
+
+def normalizer_tensors(name_or_path: str, score_config: ScoreConfig) -> Dict[str, paddle.Tensor]:
+    """``normalizer.{mean,var,count}`` of a checkpoint's value head (fresh statistics when it has none)."""
+    normalizer = _make_normalizer(score_config)
+    head_file = _resolve_head_file(name_or_path)
+    if head_file is not None:
+        from safetensors.numpy import load_file
+
+        saved = {k[len("normalizer."):]: v for k, v in load_file(head_file).items() if k.startswith("normalizer.")}
+        current = normalizer.state_dict()
+        normalizer.set_state_dict({k: paddle.to_tensor(np.asarray(v, "float32").reshape(current[k].shape))
+                                   for k, v in saved.items() if k in current})
+    return {f"normalizer.{k}": v for k, v in normalizer.state_dict().items()}
+
+
+def save_score_checkpoint(model, save_dir: str, state: Dict[str, Any]) -> None:
+    """Write a score checkpoint (layout in the module docstring) from a full single-process state dict.
+
+    ``model``: the ``ScoreModel`` or score pipeline model the state came from (its backbone config and
+    ``score_config`` are written; the head and normaliser are read from ``state``).
+    """
+    from safetensors.numpy import save_file
+
+    from alignment.parallel import unwrap_model
+
+    inner = unwrap_model(model)
+    state = {**getattr(inner, "frozen_state", {}), **state}  # e.g. a pipeline model's untouched normaliser
+    head = _head_tensors(state)
+    norm = {k[len("normalizer."):]: v for k, v in head.items() if k.startswith("normalizer.")}
+    backbone_class = type(getattr(inner, "backbone", inner)).__name__
+    os.makedirs(save_dir, exist_ok=True)
+    tmp = os.path.join(save_dir, f".{WEIGHTS_NAME}.tmp")
+    paddle.save(state, tmp)
+    os.replace(tmp, os.path.join(save_dir, WEIGHTS_NAME))
+    tmp = os.path.join(save_dir, f".{VALUE_HEAD_NAME}.tmp")
+    save_file(head, tmp, metadata={"format": "pt", "score_type": inner.score_config.score_type})
+    os.replace(tmp, os.path.join(save_dir, VALUE_HEAD_NAME))
+    atomic_write_json(os.path.join(save_dir, CONFIG_NAME),
+                      _score_config_dict(inner.config, inner.score_config, norm, backbone_class))
 
 
 def _resolve_head_file(name_or_path: str) -> Optional[str]:

@@ -49,10 +49,15 @@ def _gather_stage3(model) -> None:
 
 
 def full_state_dict(model, strategy: Optional[ParallelStrategy] = None,
-                    state_dict: Optional[Dict[str, paddle.Tensor]] = None) -> Optional[Dict[str, paddle.Tensor]]:
-    """The single-process state dict of ``model`` on the main process (``None`` on every other rank)."""
+                    state_dict: Optional[Dict[str, paddle.Tensor]] = None,
+                    gather_stage3: bool = True) -> Optional[Dict[str, paddle.Tensor]]:
+    """The single-process state dict of ``model`` on the main process (``None`` on every other rank).
+
+    ``gather_stage3=False`` when the caller has already gathered stage-3 parameters (PaddleNLP's
+    ``Trainer.save_model`` does, on every rank, before it calls ``_save`` on the saving ranks only).
+    """
     strategy = strategy or ParallelStrategy.current()
-    if strategy.sharding == "stage3" and strategy.sharding_parallel_degree > 1:
+    if gather_stage3 and strategy.sharding == "stage3" and strategy.sharding_parallel_degree > 1:
         _gather_stage3(model)
     state = state_dict if state_dict is not None else unwrap_model(model).state_dict()
     if not strategy.hybrid:

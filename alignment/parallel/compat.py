@@ -40,7 +40,7 @@ import paddle
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply", "applied", "needed", "training_argv", "SUPPORTED_PADDLE"]
+__all__ = ["apply", "applied", "needed", "training_argv", "add_pipeline_config", "SUPPORTED_PADDLE"]
 
 SUPPORTED_PADDLE = ("3.0", "3.1", "3.2", "3.3")  # major.minor versions whose internals these fill-ins match
 _APPLIED: List[str] = []
@@ -87,6 +87,11 @@ def training_argv(tokens: List[str]) -> List[str]:
     """
     if not _APPLIED:
         return list(tokens)
+    return add_pipeline_config(tokens, "disable_partial_send_recv")
+
+
+def add_pipeline_config(tokens: List[str], option: str) -> List[str]:
+    """``tokens`` with ``option`` in ``--pipeline_parallel_config`` when ``pipeline_parallel_degree > 1``."""
     values: Dict[str, str] = {}
     for i, tok in enumerate(tokens[:-1]):
         if tok.startswith("--"):
@@ -95,14 +100,12 @@ def training_argv(tokens: List[str]) -> List[str]:
         pp = int(values.get("pipeline_parallel_degree", "1"))
     except ValueError:
         return list(tokens)
-    if pp <= 1:
-        return list(tokens)
     config = values.get("pipeline_parallel_config", "")
-    if "disable_partial_send_recv" in config:
+    if pp <= 1 or option in config.split():
         return list(tokens)
     out = [t for i, t in enumerate(tokens)
            if t != "--pipeline_parallel_config" and (i == 0 or tokens[i - 1] != "--pipeline_parallel_config")]
-    return out + ["--pipeline_parallel_config", f"{config} disable_partial_send_recv".strip()]
+    return out + ["--pipeline_parallel_config", f"{config} {option}".strip()]
 
 
 # ------------------------------------------------------------------------------------------ gloo streams

@@ -54,6 +54,30 @@ def load_score_model(model_args: RewardModelArguments, training_args, tokenizer=
     return model
 
 
+def score_pipeline_model(model_args: RewardModelArguments, reward_args, training_args):
+    """The score model as pipeline stages whose last stage computes the pair loss."""
+    from functools import partial
+
+    from alignment.models import resolve_dtype
+    from alignment.models.pipeline import load_score_model_pipe, pipeline_inputs, stack_pairs
+    from alignment.models.score_model import has_score_head, normalizer_tensors
+    from alignment.rm.trainer import PIPELINE_LABELS, pair_loss_criterion
+
+    path = model_args.model_name_or_path
+    if not model_args.init_score_head and not has_score_head(path):
+        raise ValueError(f"'{path}' has no score head; pass --init_score_head true to start a new one")
+    cfg = model_args.score_config()
+    model = load_score_model_pipe(path, criterion=pair_loss_criterion(reward_args),
+                                  dtype=resolve_dtype(training_args), bias=cfg.bias,
+                                  use_flash_attention=model_args.use_flash_attention,
+                                  recompute=training_args.recompute)
+    model.score_config = cfg
+    model.frozen_state = normalizer_tensors(path, cfg)  # not trained under PP; saved with the weights
+    model._prepare_pipeline_inputs_func = partial(
+        pipeline_inputs, first=("input_ids", "attention_mask"), labels=PIPELINE_LABELS, transform=stack_pairs)
+    return model
+
+
 def build_trainer(argv: Optional[Sequence[str]] = None):
     """Parse the arguments; build the score model, the data and the ``RewardTrainer`` (nothing trained yet)."""
     from paddlenlp.trainer import TrainingArguments, set_seed
@@ -67,17 +91,20 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     model_args, data_args, reward_args, training_args = parse_args(
         [RewardModelArguments, RewardDataArguments, RewardArguments, TrainingArguments], argv
     )
-    if getattr(training_args, "pipeline_parallel_degree", 1) > 1:
-        raise ValueError(
-            "pipeline_parallel_degree > 1 is not supported for reward-model training (as in PaddleNLP)"
-        )
+    pipeline = training_args.pipeline_parallel_degree > 1
+    if pipeline and model_args.normalize_score_during_training:
+        raise ValueError("normalize_score_during_training needs the end scores of every rank in one place; it is "
+                         "not available with pipeline_parallel_degree > 1 (set it false, or use tensor parallelism)")
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                padding_side="right", model_max_length=data_args.max_length)
     import paddle
 
     with paddle.utils.unique_name.guard():  # parameter names (optimizer-state keys) independent of earlier models
-        model = load_score_model(model_args, training_args, tokenizer)
+        if pipeline:
+            model = score_pipeline_model(model_args, reward_args, training_args)
+        else:
+            model = load_score_model(model_args, training_args, tokenizer)
     train_ds, eval_ds = build_datasets(PreferenceDataset, data_args, tokenizer, training_args.seed)
     return RewardTrainer(
         model=model, args=training_args, reward_args=reward_args, train_dataset=train_ds, eval_dataset=eval_ds,

@@ -29,7 +29,7 @@ from alignment.rm.config import RewardArguments
 from alignment.training.sampler import global_batch_sampler
 from alignment.utils.trainer import MetricsLoggingMixin
 
-__all__ = ["RewardTrainer", "reward_metrics"]
+__all__ = ["RewardTrainer", "reward_metrics", "pair_loss_criterion", "PIPELINE_LABELS"]
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
@@ -57,8 +57,39 @@ def _mean_over_ranks(metrics: Dict[str, paddle.Tensor]) -> Dict[str, float]:
     return ParallelStrategy.current().all_reduce_mean({k: float(v) for k, v in metrics.items()})
 
 
+def pair_loss_criterion(reward_args: RewardArguments):
+    """The reward-model loss as the last pipeline stage's criterion.
+
+    The stage's output is the per-token scores (2B, L) of ``stack_pairs`` rows; the labels are
+    (chosen_attention_mask, rejected_attention_mask, chosen_input_ids, rejected_input_ids, margin or None).
+    """
+    from alignment.models.pipeline import PipeCriterion
+
+    loss_fn = get_algorithm("reward", reward_args.loss_type)
+
+    def criterion(scores, labels):
+        chosen_mask, rejected_mask, chosen_ids, rejected_ids, margin = labels
+        if scores.ndim == 3:
+            scores = scores[..., 0]
+        batch = chosen_mask.shape[0]
+        loss, _ = loss_fn(
+            scores[:batch], scores[batch:], chosen_mask, rejected_mask, chosen_ids=chosen_ids,
+            rejected_ids=rejected_ids, regularization=reward_args.regularization, margin=margin,
+            center_rewards_coefficient=reward_args.center_rewards_coefficient,
+        )
+        return loss
+
+    return PipeCriterion(criterion)
+
+
+PIPELINE_LABELS = ("chosen_attention_mask", "rejected_attention_mask", "chosen_input_ids", "rejected_input_ids",
+                   "margin")
+
+
 class RewardTrainer(MetricsLoggingMixin, Trainer):
     """``RewardTrainer(score_model, args, reward_args=RewardArguments(...), train_dataset=..., ...)``."""
+
+    merges_on_save = True  # ``_save`` writes one merged score checkpoint under any layout
 
     def __init__(self, model, args, *, reward_args: Optional[RewardArguments] = None, **kwargs):
         kwargs.setdefault("compute_metrics", reward_metrics)
@@ -105,6 +136,9 @@ class RewardTrainer(MetricsLoggingMixin, Trainer):
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        if self.args.pipeline_parallel_degree > 1:  # the last stage computes the loss (eval_batch)
+            loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
+            return loss, None, None
         inputs = self._prepare_inputs(inputs)
         with paddle.no_grad():
             loss, out = self.compute_loss(model, inputs, return_outputs=True)
@@ -116,14 +150,20 @@ class RewardTrainer(MetricsLoggingMixin, Trainer):
 
     # ---------------------------------------------------------------------------------------------- save
     def _save(self, output_dir: Optional[str] = None, state_dict=None, merge_tensor_parallel=False):
-        """ScoreModel.save_pretrained + tokenizer + training arguments (main process only)."""
-        from alignment.parallel import unwrap_model
+        """One single-process score checkpoint (merged over tensor / pipeline ranks) + tokenizer + arguments.
+
+        Called by ``Trainer.save_model`` on the saving ranks of every tensor / pipeline group (stage-3
+        parameters already gathered); the merged files are written by the main process only.
+        """
+        from alignment.models.score_model import save_score_checkpoint
+        from alignment.parallel.checkpoint import full_state_dict
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
+        state = full_state_dict(self.model, gather_stage3=False)
+        if state is None or not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        unwrap_model(self.model).save_pretrained(output_dir)
+        save_score_checkpoint(self.model, output_dir, state)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(output_dir)
         paddle.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))

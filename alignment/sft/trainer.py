@@ -81,7 +81,8 @@ class SFTTrainer(MetricsLoggingMixin, Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         if self.args.pipeline_parallel_degree > 1:  # the last stage computes the loss (eval_batch)
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+            loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
+            return loss, None, None
         inputs = self._prepare_inputs(inputs)
         with paddle.no_grad():
             loss = self.compute_loss(model, inputs)

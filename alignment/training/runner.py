@@ -72,7 +72,7 @@ def save_model(trainer, output_dir: Optional[str] = None) -> None:
     from alignment.models.pipeline import is_pipeline_model
 
     output_dir = output_dir or trainer.args.output_dir
-    if not is_pipeline_model(trainer.model):
+    if getattr(trainer, "merges_on_save", False) or not is_pipeline_model(trainer.model):
         trainer.save_model(output_dir, merge_tensor_parallel=True)
         return
     from alignment.models.loading import save_causal_lm

@@ -93,6 +93,8 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
 
     compat.apply()  # before TrainingArguments, which may call fleet.init
     tokens = compat.training_argv(tokens)
+    # sequence lengths change from batch to batch: stages exchange shapes for every micro-batch
+    tokens = compat.add_pipeline_config(tokens, "disable_p2p_cache_shape")
     parser = PdArgumentParser(tuple(dataclass_types))
     try:
         parsed = parser.parse_args_into_dataclasses(args=tokens, return_remaining_strings=True)
