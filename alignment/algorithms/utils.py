@@ -25,8 +25,10 @@ __all__ = ["VocabShard", "set_vocab_shard", "get_vocab_shard", "vocab_sum", "voc
 class VocabShard:
     """This rank's slice ``[offset, offset + local_size)`` of a ``full_size`` vocabulary.
 
-    ``sum`` / ``max``: all-reduce over the ranks that share the vocabulary; ``sum`` must pass gradients
-    through unchanged (every rank computes the same loss from the reduced value).
+    ``sum`` / ``max``: all-reduce over the ranks that share the vocabulary; ``sum`` passes gradients through
+    unchanged (what follows it is the same on every rank). ``to_local``: the identity, whose backward sums
+    the gradient over the ranks; it marks where a replicated value (a logsumexp) enters a per-shard
+    computation (``z - lse``), so each rank's share of that value's gradient is added up.
     """
 
     local_size: int
@@ -34,6 +36,7 @@ class VocabShard:
     offset: int
     sum: Callable[[paddle.Tensor], paddle.Tensor]
     max: Callable[[paddle.Tensor], paddle.Tensor]
+    to_local: Callable[[paddle.Tensor], paddle.Tensor]
 
 
 _VOCAB_SHARD: Optional[VocabShard] = None
@@ -115,7 +118,9 @@ def log_softmax(logits: paddle.Tensor, axis: int = -1) -> paddle.Tensor:
     real vocabularies unusable on CPU.
     """
     if axis in (-1, logits.ndim - 1):
-        return logits - vocab_logsumexp(logits, keepdim=True)
+        shard = _shard_of(logits)
+        lse = vocab_logsumexp(logits, keepdim=True)
+        return logits - (shard.to_local(lse) if shard is not None else lse)
     return logits - paddle.logsumexp(logits, axis=axis, keepdim=True)
 
 
@@ -158,8 +163,9 @@ def entropy_from_logits(logits: paddle.Tensor) -> paddle.Tensor:
     """Entropy of softmax(logits) along the last axis: logsumexp(z) - sum softmax(z) * z. (B, L, V) -> (B, L)."""
     dtype = "float64" if logits.dtype == paddle.float64 else "float32"
     z = logits.astype(dtype)
+    shard = _shard_of(z)
     lse = vocab_logsumexp(z, keepdim=True)
-    p = paddle.exp(z - lse)
+    p = paddle.exp(z - (shard.to_local(lse) if shard is not None else lse))
     return lse.squeeze(-1) - vocab_sum(p * z)
 
 

@@ -28,6 +28,7 @@ from alignment.algorithms.preference import PairLogps, RunningMoments, preferenc
 from alignment.dpo.config import DPOArguments
 from alignment.models.loading import freeze
 from alignment.training.logps import PairForward, policy_pair_logps, reference_pair_logps
+from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["DPOTrainer", "WithReferenceLogps", "ReferenceLogpsCollator"]
@@ -74,7 +75,16 @@ class ReferenceLogpsCollator:
         return batch
 
 
-class DPOTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
+class SyncedRunningMoments(RunningMoments):
+    """The BCO baseline fed with the mean over every data-carrying rank, so all ranks keep one baseline."""
+
+    def update(self, value: float, count: int = 1) -> None:
+        from alignment.parallel import ParallelStrategy
+
+        super().update(ParallelStrategy.current().all_reduce_mean({"value": float(value)})["value"], count)
+
+
+class DPOTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
     """``DPOTrainer(model, args, dpo_args=..., ref_model=..., train_dataset=..., data_collator=...)``.
 
     ``ref_model=None`` with a reference-needing loss uses the policy itself with LoRA adapters
@@ -93,7 +103,7 @@ class DPOTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
         elif dpo_args.needs_reference and not hasattr(model, "disable_lora"):
             raise ValueError("this loss needs a reference model: pass ref_model, or train a LoRA policy "
                              "(its adapters are disabled to score the reference)")
-        self.bco_baseline = RunningMoments() if "bco_pair" in dpo_args.loss_type else None
+        self.bco_baseline = SyncedRunningMoments() if "bco_pair" in dpo_args.loss_type else None
         if dpo_args.precompute_ref_log_probs and dpo_args.needs_reference:
             self.precompute_reference()
 

@@ -23,6 +23,8 @@ from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
 from alignment.gkd.config import GKDArguments
 from alignment.models.loading import freeze
 from alignment.training.logps import model_logits, position_ids_from_mask, token_logps
+from alignment.parallel import ParallelStrategy
+from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["GKDTrainer", "split_prompts", "generate_completions"]
@@ -78,7 +80,7 @@ def generate_completions(
     return _right_padded(rows, [len(p) for p in prompts], pad_token_id)
 
 
-class GKDTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
+class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
     """``GKDTrainer(student, args, gkd_args=..., teacher_model=..., pad_token_id=..., eos_token_id=..., ...)``."""
 
     def __init__(self, model, args, *, gkd_args: GKDArguments, teacher_model, pad_token_id: int, eos_token_id: int, **kwargs):
@@ -90,6 +92,9 @@ class GKDTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
         self.jsd = registry.get("distill", "generalized_jsd")
         self._rng = random.Random(args.seed)
         self._source = "dataset"
+        # sampling draws from paddle's default generator; model construction used it a layout-dependent
+        # number of times (split weights are initialised before loading), so restart it here
+        paddle.seed(int(args.seed) + 1000003 * ParallelStrategy.current().data_parallel_rank)
 
     def choose_completions(self, model, inputs: SupervisedBatch) -> SupervisedBatch:
         """On-policy with probability lmbda, else teacher samples (seq_kd), else the dataset's."""

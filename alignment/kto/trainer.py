@@ -3,7 +3,8 @@
 One step on an ``UnpairedPreferenceBatch``: the policy scores the completions (with gradient) and, for
 ``kto``, the mismatched "KL" completions (prompt i + completion i-1, built by the collator) without
 gradient; the reference scores both in one forward. ``registry.get("unpaired", loss_type)`` gives the
-loss and metrics, which ``MetricsLoggingMixin`` logs. The KL reference point is detached.
+loss and metrics, which ``MetricsLoggingMixin`` logs. The KL reference point is detached and, as in TRL,
+averaged over the KL completions of every data-carrying rank (tensor-parallel replicas count once).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from alignment.algorithms import registry
 from alignment.data.batches import IGNORE_INDEX
 from alignment.kto.config import KTOArguments
 from alignment.models.loading import freeze
+from alignment.parallel import ParallelStrategy
 from alignment.training.logps import completion_logps, reference_context
+from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
 __all__ = ["KTOTrainer"]
@@ -29,7 +32,7 @@ def _pad_cols(x: paddle.Tensor, length: int, value: int) -> paddle.Tensor:
     return paddle.concat([x, paddle.full([x.shape[0], length - x.shape[1]], value, dtype=x.dtype)], axis=1)
 
 
-class KTOTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
+class KTOTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
     """``KTOTrainer(model, args, kto_args=..., ref_model=..., train_dataset=..., data_collator=...)``.
 
     ``ref_model=None`` uses the policy itself with LoRA adapters disabled as the reference.
@@ -76,6 +79,9 @@ class KTOTrainer(LossOnlyEvaluationMixin, MetricsLoggingMixin, Trainer):
             with paddle.no_grad():
                 kl_logps = completion_logps(model, inputs["kl_input_ids"], inputs["kl_attention_mask"], inputs["kl_labels"]).logps
         ref_logps, kl_ref_logps = self._reference_scores(inputs, a.uses_kl)
+        if kl_logps is not None:  # the KL reference point z0 is a mean over every data-carrying rank's batch
+            strategy = ParallelStrategy.current()
+            kl_logps, kl_ref_logps = strategy.all_gather(kl_logps), strategy.all_gather(kl_ref_logps)
         loss, metrics = self.loss_fn(
             policy.logps, ref_logps, inputs["kto_labels"], kl_logps, kl_ref_logps,
             beta=a.beta, desirable_weight=a.desirable_weight, undesirable_weight=a.undesirable_weight,

@@ -312,6 +312,13 @@ class ParallelStrategy:
 
         return gather_vocab(logits, self.tensor_parallel_group)
 
+    def tensor_parallel_broadcast(self, tensor: paddle.Tensor) -> paddle.Tensor:
+        """``tensor`` of tensor-parallel rank 0 on every rank of this tensor-parallel group (in place)."""
+        if self.tensor_parallel_degree > 1:
+            group = self.tensor_parallel_group
+            dist.broadcast(tensor, src=group.ranks[0], group=group)
+        return tensor
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

@@ -6,9 +6,11 @@ log-softmax and GKD's JSD combine per-shard partial sums with one all-reduce of 
 gathering (B, L, V) logits. Megatron-LM's vocab-parallel cross entropy (Shoeybi et al., arXiv 1909.08053,
 §3) is the same idea.
 
-The shard-sum is an all-reduce whose backward is the identity: every rank computes the same loss from the
-reduced value, so the gradient of the loss with respect to this rank's partial sum is that same upstream
-gradient. The shard-max is used only as a detached shift inside logsumexp.
+Gradients: the shard-sum is an all-reduce whose backward is the identity (what follows it is the same on
+every rank, so the gradient of the loss with respect to this rank's partial sum is that upstream gradient).
+Where a replicated value flows back into per-shard tensors (``log p = z - lse``), ``to_local`` is an
+identity whose backward all-reduces: each rank only sees the gradient of its own vocabulary slice's uses
+of ``lse``, and their sum is the true one. The shard-max is only a detached shift inside logsumexp.
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ class _ShardSum(PyLayer):
         return dy
 
 
+class _ToLocal(PyLayer):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, dy):
+        out = dy.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.group)
+        return out
+
+
 def vocab_shard(group, full_size: int) -> VocabShard:
     """The shard of rank ``group.rank`` in ``group`` of an even split of ``full_size`` vocabulary entries."""
     if full_size % group.nranks:
@@ -51,8 +66,11 @@ def vocab_shard(group, full_size: int) -> VocabShard:
         dist.all_reduce(out, op=dist.ReduceOp.MAX, group=group)
         return out
 
+    def to_local(x: paddle.Tensor) -> paddle.Tensor:
+        return _ToLocal.apply(x, group)
+
     return VocabShard(local_size=local, full_size=full_size, offset=group.rank * local, sum=shard_sum,
-                      max=shard_max)
+                      max=shard_max, to_local=to_local)
 
 
 def gather_vocab(logits: paddle.Tensor, group) -> paddle.Tensor:

@@ -26,7 +26,7 @@ from paddlenlp.trainer import Trainer
 
 from alignment.algorithms import get as get_algorithm
 from alignment.rm.config import RewardArguments
-from alignment.training.sampler import global_batch_sampler
+from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import MetricsLoggingMixin
 
 __all__ = ["RewardTrainer", "reward_metrics", "pair_loss_criterion", "PIPELINE_LABELS"]
@@ -86,7 +86,7 @@ PIPELINE_LABELS = ("chosen_attention_mask", "rejected_attention_mask", "chosen_i
                    "margin")
 
 
-class RewardTrainer(MetricsLoggingMixin, Trainer):
+class RewardTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
     """``RewardTrainer(score_model, args, reward_args=RewardArguments(...), train_dataset=..., ...)``."""
 
     merges_on_save = True  # ``_save`` writes one merged score checkpoint under any layout
@@ -100,9 +100,6 @@ class RewardTrainer(MetricsLoggingMixin, Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.reward_args = reward_args or RewardArguments()
         self.loss_fn = get_algorithm("reward", self.reward_args.loss_type)
-
-    def _get_train_sampler(self):
-        return global_batch_sampler(self)
 
     def train(self, *args, **kwargs):
         with paddle.utils.unique_name.guard():  # optimizer-state names match a resumed run, even in one process

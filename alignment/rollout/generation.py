@@ -10,7 +10,9 @@ Our own loop (not ``model.generate``) so that every convention the RL maths reli
   row computes exactly what the unpadded prompt would;
 * one prefill pass fills the cache (``use_cache=True``), then one token per step is fed with
   ``past_key_values``;
-* the next token comes from ONE replaceable function, ``sampling.get_sampler(config.sampler)``;
+* the next token comes from ONE replaceable function, ``sampling.get_sampler(config.sampler)``; under
+  tensor parallelism the last position's vocabulary-parallel logits are gathered (B, V) for it, and the
+  sampled ids of tensor-parallel rank 0 are broadcast so all ranks of a model continue the same sequence;
 * a row stops at its first EOS (any id of ``eos_token_ids``); the EOS is kept and everything after it
   is ``pad_token_id`` with attention 0; the loop ends when every row has stopped or after
   ``max_new_tokens`` (capped by ``max_length`` total tokens). ``min_new_tokens`` forbids EOS before it.
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import paddle
+
+from alignment.parallel import ParallelStrategy
 
 from .sampling import get_sampler
 
@@ -133,7 +137,8 @@ def _forward(model, input_ids, attention_mask, position_ids, past_key_values):
         use_cache=True,
         return_dict=True,
     )
-    return out.logits[:, -1, :], out.past_key_values
+    # under tensor parallelism the logits are vocabulary-parallel: gather the last position only (B, V)
+    return ParallelStrategy.current().gather_vocab(out.logits[:, -1, :]), out.past_key_values
 
 
 def generate(
@@ -175,6 +180,7 @@ def generate(
                 f"generate: prompt width {prompt_len} leaves no room under max_length={config.max_length}"
             )
     sample = get_sampler(config.sampler)
+    strategy = ParallelStrategy.current()
     rows = batch * n
     eos_ids = paddle.to_tensor(list(config.eos_token_ids), dtype="int64")
     pad = paddle.full([rows], config.pad_token_id, dtype="int64")
@@ -200,6 +206,7 @@ def generate(
                 repetition_penalty=config.repetition_penalty,
                 do_sample=config.do_sample,
             )
+            ids = strategy.tensor_parallel_broadcast(ids)  # tensor-parallel ranks keep one sample
             alive = paddle.logical_not(finished)
             ids = paddle.where(alive, ids, pad)
             alive_i = alive.astype("int64")

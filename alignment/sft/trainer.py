@@ -20,7 +20,7 @@ from paddlenlp.trainer import Trainer
 
 from alignment.algorithms.utils import gather_logps
 from alignment.data.batches import IGNORE_INDEX
-from alignment.training.sampler import global_batch_sampler
+from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import MetricsLoggingMixin
 
 __all__ = ["SFTTrainer", "answer_nll"]
@@ -52,14 +52,11 @@ def answer_nll(logits: paddle.Tensor, labels: paddle.Tensor, world_size: int = 1
     return loss, total, count
 
 
-class SFTTrainer(MetricsLoggingMixin, Trainer):
+class SFTTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
     """``SFTTrainer(model, args, train_dataset=ds, eval_dataset=..., data_collator=ds.get_collator(), ...)``.
 
     Logs ``loss`` (train), ``eval_loss``, and ``tokens`` (answer tokens per micro-batch, all ranks).
     """
-
-    def _get_train_sampler(self):
-        return global_batch_sampler(self)
 
     def train(self, *args, **kwargs):
         with paddle.utils.unique_name.guard():  # optimizer-state names match a resumed run, even in one process

@@ -15,7 +15,7 @@ import numpy as np
 from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer
 
-__all__ = ["GlobalBatchSampler", "global_batch_sampler"]
+__all__ = ["GlobalBatchMixin", "GlobalBatchSampler", "global_batch_sampler"]
 
 
 class GlobalBatchSampler(DistributedBatchSampler):
@@ -70,3 +70,11 @@ def global_batch_sampler(trainer: Trainer) -> Optional[GlobalBatchSampler]:
         drop_last=bool(args.dataloader_drop_last),
         seed=int(getattr(args, "data_seed", None) or args.seed),
     )
+
+
+class GlobalBatchMixin:
+    """Trainer mixin: training batches from ``GlobalBatchSampler``, so one process and any layout with the
+    same global batch see the same examples in the same order (PaddleNLP's default sampler does not)."""
+
+    def _get_train_sampler(self):
+        return global_batch_sampler(self)
