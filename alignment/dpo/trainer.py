@@ -27,7 +27,15 @@ from alignment.algorithms import registry
 from alignment.algorithms.preference import PairLogps, RunningMoments, preference_loss
 from alignment.dpo.config import DPOArguments
 from alignment.models.loading import freeze
-from alignment.training.logps import PairForward, policy_pair_logps, reference_pair_logps
+from alignment.training.logps import (
+    PairForward,
+    concat_pair,
+    logits_completion_logps,
+    policy_pair_logps,
+    position_ids_from_mask,
+    reference_pair_logps,
+    split_pair,
+)
 from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
 
@@ -75,6 +83,16 @@ class ReferenceLogpsCollator:
         return batch
 
 
+def _pair_rows(batch: Dict[str, Any], pad_token_id: int = 0) -> Dict[str, Any]:
+    """A preference batch as 2B rows (chosen over rejected) with position ids, for a pipeline model."""
+    input_ids, attention_mask, labels = concat_pair(batch, pad_token_id)
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+           "position_ids": position_ids_from_mask(attention_mask)}
+    for key in REF_KEYS:
+        out[key] = batch.get(key)
+    return out
+
+
 class SyncedRunningMoments(RunningMoments):
     """The BCO baseline fed with the mean over every data-carrying rank, so all ranks keep one baseline."""
 
@@ -104,7 +122,10 @@ class DPOTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
             raise ValueError("this loss needs a reference model: pass ref_model, or train a LoRA policy "
                              "(its adapters are disabled to score the reference)")
         self.bco_baseline = SyncedRunningMoments() if "bco_pair" in dpo_args.loss_type else None
-        if dpo_args.precompute_ref_log_probs and dpo_args.needs_reference:
+        self.pipeline = args.pipeline_parallel_degree > 1
+        if self.pipeline:
+            self._bind_pipeline(model)
+        if (dpo_args.precompute_ref_log_probs or self.pipeline) and dpo_args.needs_reference:
             self.precompute_reference()
 
     # ----------------------------------------------------------------------------------------- reference
@@ -173,13 +194,44 @@ class DPOTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
             chosen_nll=policy.chosen_nll,
         )
 
-    def compute_loss(self, model, inputs, return_outputs: bool = False):
+    def loss_from_logps(self, logps: PairLogps, training: bool):
         a = self.dpo_args
-        loss, metrics = preference_loss(
-            a.loss_type, self.pair_logps(model, inputs), a.loss_weights,
-            reference_free=a.reference_free, rpo_alpha=a.rpo_alpha, cpo_alpha=a.cpo_alpha,
-            **self.loss_hparams(model.training),
+        return preference_loss(
+            a.loss_type, logps, a.loss_weights, reference_free=a.reference_free, rpo_alpha=a.rpo_alpha,
+            cpo_alpha=a.cpo_alpha, **self.loss_hparams(training),
         )
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False):
+        loss, metrics = self.loss_from_logps(self.pair_logps(model, inputs), model.training)
         self.store_metrics(metrics, "train" if model.training else "eval")
         return (loss, metrics) if return_outputs else loss
+
+    # ---------------------------------------------------------------------------------- pipeline parallel
+    def _bind_pipeline(self, model) -> None:
+        """The last pipeline stage computes ``loss_from_logps`` from the policy logits of 2B pair rows.
+
+        Inputs: chosen over rejected (``concat_pair``) with position ids; labels: the pair labels and the
+        precomputed reference log-probs (the reference is scored once, before training).
+        """
+        from functools import partial
+
+        from alignment.models.pipeline import pipeline_inputs
+
+        model.alignment_criterion.fn = self._pipeline_loss
+        model._prepare_pipeline_inputs_func = partial(
+            pipeline_inputs, first=("input_ids", "attention_mask", "position_ids"),
+            labels=("labels", *REF_KEYS), transform=partial(_pair_rows, pad_token_id=self.pad_token_id),
+            pad_values={"input_ids": self.pad_token_id})
+
+    def _pipeline_loss(self, logits, labels):
+        pair_labels, ref_chosen, ref_rejected = labels
+        policy = split_pair(logits_completion_logps(logits, pair_labels), self.dpo_args.ld_alpha)
+        needs_ref = self.dpo_args.needs_reference
+        logps = PairLogps(
+            chosen=policy.chosen, rejected=policy.rejected, ref_chosen=ref_chosen if needs_ref else None,
+            ref_rejected=ref_rejected if needs_ref else None, chosen_lengths=policy.chosen_lengths,
+            rejected_lengths=policy.rejected_lengths, chosen_nll=policy.chosen_nll,
+        )
+        loss, _ = self.loss_from_logps(logps, training=not logits.stop_gradient)
+        return loss
 

@@ -137,6 +137,7 @@ def _load(name_or_path: str, criterion: PipeCriterion, dtype: Any, score_head, c
         model = cls.from_pretrained(name_or_path, config=config, dtype=dtype)
     finally:
         del config.alignment_criterion  # read once by get_loss_fn; a config must stay JSON-serialisable
+    model.alignment_criterion = criterion  # a trainer may bind its loss later (``criterion.fn = ...``)
     return model
 
 

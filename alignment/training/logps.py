@@ -31,6 +31,8 @@ __all__ = [
     "model_logits",
     "completion_logps",
     "concat_pair",
+    "split_pair",
+    "logits_completion_logps",
     "policy_pair_logps",
     "reference_pair_logps",
     "reference_context",
@@ -90,7 +92,14 @@ def completion_logps(
     return_logits: bool = False,
 ) -> CompletionLogps:
     """Forward ``input_ids`` (N, L) once and score the completion tokens marked by ``labels`` (N, L)."""
-    logits = model_logits(model, input_ids, attention_mask)
+    return logits_completion_logps(model_logits(model, input_ids, attention_mask), labels,
+                                   temperature=temperature, return_logits=return_logits)
+
+
+def logits_completion_logps(
+    logits: paddle.Tensor, labels: paddle.Tensor, *, temperature: float = 1.0, return_logits: bool = False
+) -> CompletionLogps:
+    """``completion_logps`` from logits already computed (e.g. on the last pipeline stage)."""
     targets = labels[:, 1:]
     mask = (targets != IGNORE_INDEX).astype("float32")
     per_token = token_logps(logits[:, :-1], targets, temperature).astype("float32") * mask
@@ -128,7 +137,8 @@ def concat_pair(
     return parts[0], parts[1], parts[2]
 
 
-def _split_pair(out: CompletionLogps, ld_alpha: Optional[float]) -> PairForward:
+def split_pair(out: CompletionLogps, ld_alpha: Optional[float]) -> PairForward:
+    """The chosen (first B rows) / rejected (last B rows) halves of a 2B-row ``CompletionLogps``."""
     n = out.logps.shape[0] // 2
     chosen, rejected = out.logps[:n], out.logps[n:]
     if ld_alpha is not None:
@@ -152,7 +162,7 @@ def policy_pair_logps(
 ) -> PairForward:
     """One 2B-row forward of the policy. ``ld_alpha`` (LD-DPO) down-weights tokens past the shorter answer."""
     input_ids, attention_mask, labels = concat_pair(batch, pad_token_id)
-    return _split_pair(completion_logps(model, input_ids, attention_mask, labels), ld_alpha)
+    return split_pair(completion_logps(model, input_ids, attention_mask, labels), ld_alpha)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,10 @@ def load_models(model_args: ModelArguments, training_args, *, reference: Optiona
     """(tokenizer, policy, reference or None) through ``alignment.models.loading``.
 
     The reference is ``reference`` when given, else a frozen copy of the start model; with LoRA and no
-    explicit reference none is loaded (the trainer disables the adapters instead).
+    explicit reference none is loaded (the trainer disables the adapters instead). With
+    ``pipeline_parallel_degree > 1`` the policy is a pipeline model whose criterion the trainer binds
+    (``model.alignment_criterion.fn``); the reference stays an ordinary (tensor-parallel) model, used once
+    to precompute the reference log-probs and then released.
     """
     from alignment.models.loading import load_causal_lm, load_tokenizer, resolve_dtype, wrap_lora
 
@@ -41,7 +44,20 @@ def load_models(model_args: ModelArguments, training_args, *, reference: Optiona
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                padding_side="right")
     common = dict(dtype=dtype, use_flash_attention=model_args.use_flash_attention, tokenizer=tokenizer)
-    model = load_causal_lm(model_args.model_name_or_path, recompute=training_args.recompute, **common)
+    if training_args.pipeline_parallel_degree > 1:
+        if model_args.lora:
+            raise ValueError("lora with pipeline_parallel_degree > 1 is not supported; use tensor parallelism "
+                             "or sharding for LoRA runs")
+        from alignment.models.pipeline import PipeCriterion, load_causal_lm_pipe
+
+        def unbound(*_):
+            raise RuntimeError("the pipeline criterion was not bound to a trainer's loss")
+
+        model = load_causal_lm_pipe(model_args.model_name_or_path, criterion=PipeCriterion(unbound), dtype=dtype,
+                                    use_flash_attention=model_args.use_flash_attention,
+                                    recompute=training_args.recompute)
+    else:
+        model = load_causal_lm(model_args.model_name_or_path, recompute=training_args.recompute, **common)
     ref_model = None
     if need_reference and (reference or not model_args.lora):
         ref_model = load_causal_lm(reference or model_args.model_name_or_path, frozen=True, **common)

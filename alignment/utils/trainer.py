@@ -66,6 +66,9 @@ class LossOnlyEvaluationMixin:
     the Trainer must not drop them."""
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):  # noqa: D102
+        if self.args.pipeline_parallel_degree > 1:  # the last pipeline stage computes the loss (eval_batch)
+            loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
+            return loss, None, None
         inputs = self._prepare_inputs(inputs)
         with paddle.no_grad():
             loss = self.compute_loss(model, inputs)
