@@ -1,9 +1,6 @@
 """ParallelStrategy: single-process behaviour, and the collectives over two CPU processes (gloo)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +9,7 @@ import pytest
 
 from alignment.parallel import ParallelStrategy, masked_moments, unwrap_model
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def launch(script: Path, args, log_dir: Path, nproc: int = 2, timeout: int = 300):
-    """Run ``script`` under ``paddle.distributed.launch`` on CPU; returns the CompletedProcess."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
-           "--log_dir", str(log_dir), str(script), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("workerlog.*")))
-        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{logs}")
-    return proc
+from .launching import launch
 
 
 def test_single_process_defaults():
