@@ -364,6 +364,7 @@ class ScoreModel(paddle.nn.Layer):
         name_or_path: str,
         *,
         init_score_head: bool = False,
+        head_seed: Optional[int] = None,
         dtype: Any = None,
         score_type: Optional[str] = None,
         do_normalize: Optional[bool] = None,
@@ -381,6 +382,8 @@ class ScoreModel(paddle.nn.Layer):
         otherwise ``ScoreHeadMissingError`` tells you to pass ``init_score_head=True``. ``init_score_head=True``:
         a new head (normal(0, initializer_range), zero bias) and a fresh normaliser on the checkpoint's
         backbone, ignoring any head it has (the usual start of reward-model training from an SFT model).
+        ``head_seed`` draws that new head from its own numpy stream (the same under every parallel layout,
+        whereas paddle's stream depends on how many weights were initialised before it).
 
         The other keywords override the saved score fields (e.g. ``score_type="critic"`` to start a critic
         from a reward model); ``score_dim`` and ``bias`` must match a loaded head.
@@ -437,6 +440,11 @@ class ScoreModel(paddle.nn.Layer):
                                 for k, v in config_norm.items() if v is not None})
             model.load_head_state(tensors, source=head_file)
         else:
+            if head_seed is not None:
+                std = float(getattr(config, "initializer_range", 0.02) or 0.02)
+                w = np.random.RandomState(int(head_seed)).normal(0.0, std, model.score_head.weight.shape)
+                model.score_head.weight.set_value(paddle.to_tensor(w.astype("float32")).astype(
+                    model.score_head.weight.dtype))
             logger.info("%s: initialised a new score head (init_score_head=True)", name_or_path)
         model.eval()  # as PaddleNLP / HF models: a stray forward must not update the normaliser
         return model

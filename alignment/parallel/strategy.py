@@ -382,7 +382,7 @@ class ParallelStrategy:
             if self.tensor_parallel_degree > 1:
                 model = fleet.distributed_model(model)
             model, optimizer, _ = group_sharded_parallel(
-                model, optimizer, level=level, group=self.sharding_parallel_group, segment_size=2 ** 15,
+                model, optimizer, level=level, group=self.sharding_parallel_group,
             )
             return model, optimizer
         return fleet.distributed_model(model), fleet.distributed_optimizer(optimizer)

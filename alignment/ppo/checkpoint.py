@@ -68,27 +68,73 @@ def _plain(model):
     return unwrap_model(model)
 
 
-def _save_model(model, tokenizer, path: str) -> None:
-    _plain(model).save_pretrained(path)
+def _full_states(trainer):
+    """(actor, critic or None) single-process state dicts on the main process (collective; None elsewhere)."""
+    from alignment.parallel.checkpoint import full_state_dict
+
+    s = trainer.strategy
+    actor = full_state_dict(trainer.m.actor, s)
+    critic = full_state_dict(trainer.m.critic, s) if trainer.m.critic is not None else None
+    return actor, critic
+
+
+def _save_model(model, tokenizer, path: str, state) -> None:
+    """A single-process checkpoint of ``model`` from its full ``state`` (the critic as a score model)."""
+    from alignment.models.loading import save_causal_lm
+    from alignment.models.score_model import save_score_checkpoint
+
+    inner = _plain(model)
+    if hasattr(inner, "score_config"):
+        save_score_checkpoint(inner, path, state)
+    else:
+        save_causal_lm(path, state, inner.config, type(inner).__name__)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 
 
+def _shard_state(trainer) -> dict:
+    """This rank's own slices of the trainable models and their optimizer states (exact same-layout resume)."""
+    out = {"actor": _plain(trainer.m.actor).state_dict(),
+           "actor_optimizer": optimizer_state(trainer.actor_optimizer, trainer.m.actor)}
+    if trainer.m.critic is not None:
+        out["critic"] = _plain(trainer.m.critic).state_dict()
+        out["critic_optimizer"] = optimizer_state(trainer.critic_optimizer, trainer.m.critic)
+    return out
+
+
 def save(trainer, path: str) -> None:
-    """Write a resumable checkpoint of ``trainer`` at ``path`` (collective: call on every rank)."""
+    """Write a resumable checkpoint of ``trainer`` at ``path`` (collective: call on every rank).
+
+    Under tensor / pipeline / sharding layouts ``policy/`` and ``value/`` are the merged single-process
+    models and ``shards/rank<R>.pdparams`` hold each rank's own weights and optimizer states, from which the
+    same layout resumes.
+    """
     s = trainer.strategy
     rng = s.all_gather_object(
         {"paddle": paddle.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     )
+    staging = path.rstrip("/") + ".shards.tmp"
+    if s.hybrid:
+        if s.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging)
+        s.barrier()
+        paddle.save(_shard_state(trainer), os.path.join(staging, f"rank{s.rank}.pdparams"))
+    actor_state, critic_state = _full_states(trainer)
+    s.barrier()
     if s.is_main_process:
         with atomic_dir(path) as tmp:
-            _save_model(trainer.m.actor, trainer.m.actor_tokenizer, os.path.join(tmp, "policy"))
-            paddle.save(optimizer_state(trainer.actor_optimizer, trainer.m.actor), os.path.join(tmp, "actor_optimizer.pdopt"))
+            _save_model(trainer.m.actor, trainer.m.actor_tokenizer, os.path.join(tmp, "policy"), actor_state)
             if trainer.m.critic is not None:
-                _save_model(trainer.m.critic, trainer.m.actor_tokenizer, os.path.join(tmp, "value"))
-                paddle.save(
-                    optimizer_state(trainer.critic_optimizer, trainer.m.critic), os.path.join(tmp, "critic_optimizer.pdopt")
-                )
+                _save_model(trainer.m.critic, trainer.m.actor_tokenizer, os.path.join(tmp, "value"), critic_state)
+            if s.hybrid:
+                shutil.move(staging, os.path.join(tmp, "shards"))
+            else:
+                paddle.save(optimizer_state(trainer.actor_optimizer, trainer.m.actor),
+                            os.path.join(tmp, "actor_optimizer.pdopt"))
+                if trainer.m.critic is not None:
+                    paddle.save(optimizer_state(trainer.critic_optimizer, trainer.m.critic),
+                                os.path.join(tmp, "critic_optimizer.pdopt"))
             with open(os.path.join(tmp, "rng_state.pkl"), "wb") as f:
                 pickle.dump(rng, f)
             atomic_write_json(
@@ -103,6 +149,7 @@ def save(trainer, path: str) -> None:
                         trainer.reward_normalizer.state_dict() if trainer.reward_normalizer is not None else None
                     ),
                     "rl_algorithm": trainer.args.rl_algorithm,
+                    "layout": s.describe().split(": ", 1)[1],
                 },
             )
     s.barrier()
@@ -119,13 +166,27 @@ def load(trainer, path: str) -> None:
         raise ValueError(
             f"{path}: checkpoint of rl_algorithm '{state['rl_algorithm']}' cannot resume a '{trainer.args.rl_algorithm}' run"
         )
-    _load_weights(trainer.m.actor, os.path.join(path, "policy"))
-    set_optimizer_state(trainer.actor_optimizer, trainer.m.actor, paddle.load(os.path.join(path, "actor_optimizer.pdopt")))
-    if trainer.m.critic is not None:
-        _load_weights(trainer.m.critic, os.path.join(path, "value"))
-        set_optimizer_state(
-            trainer.critic_optimizer, trainer.m.critic, paddle.load(os.path.join(path, "critic_optimizer.pdopt"))
-        )
+    if s.hybrid:
+        layout = s.describe().split(": ", 1)[1]
+        if state.get("layout") != layout or state.get("world_size") != s.world_size:
+            raise ValueError(f"{path}: saved under layout '{state.get('layout')}' ({state.get('world_size')} ranks); "
+                             f"this run is '{layout}' ({s.world_size} ranks). Resume under the saved layout, or "
+                             "start a new run from the merged policy/ and value/ models")
+        shard = paddle.load(os.path.join(path, "shards", f"rank{s.rank}.pdparams"))
+        _plain(trainer.m.actor).set_state_dict(shard["actor"])
+        set_optimizer_state(trainer.actor_optimizer, trainer.m.actor, shard["actor_optimizer"])
+        if trainer.m.critic is not None:
+            _plain(trainer.m.critic).set_state_dict(shard["critic"])
+            set_optimizer_state(trainer.critic_optimizer, trainer.m.critic, shard["critic_optimizer"])
+    else:
+        _load_weights(trainer.m.actor, os.path.join(path, "policy"))
+        set_optimizer_state(trainer.actor_optimizer, trainer.m.actor,
+                            paddle.load(os.path.join(path, "actor_optimizer.pdopt")))
+        if trainer.m.critic is not None:
+            _load_weights(trainer.m.critic, os.path.join(path, "value"))
+            set_optimizer_state(
+                trainer.critic_optimizer, trainer.m.critic, paddle.load(os.path.join(path, "critic_optimizer.pdopt"))
+            )
     trainer.global_step = int(state["global_step"])
     trainer.prompts.set_state_dict(state["prompts"])
     if trainer.ptx is not None:
@@ -164,13 +225,15 @@ def _load_weights(model: paddle.nn.Layer, directory: str) -> None:
 
 
 def save_final(trainer, output_dir: str) -> None:
-    """``output_dir/policy`` (and ``output_dir/value`` when a critic was trained), written atomically."""
+    """``output_dir/policy`` (and ``output_dir/value`` when a critic was trained), written atomically as
+    single-process models whatever the layout (collective: call on every rank)."""
+    actor_state, critic_state = _full_states(trainer)
     if trainer.strategy.is_main_process:
         with atomic_dir(os.path.join(output_dir, "policy")) as tmp:
-            _save_model(trainer.m.actor, trainer.m.actor_tokenizer, str(tmp))
+            _save_model(trainer.m.actor, trainer.m.actor_tokenizer, str(tmp), actor_state)
         if trainer.m.critic is not None:
             with atomic_dir(os.path.join(output_dir, "value")) as tmp:
-                _save_model(trainer.m.critic, trainer.m.actor_tokenizer, str(tmp))
+                _save_model(trainer.m.critic, trainer.m.actor_tokenizer, str(tmp), critic_state)
     trainer.strategy.barrier()
 
 

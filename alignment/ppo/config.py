@@ -230,13 +230,24 @@ class PPOArguments:
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (not yet)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision (not yet)."})
     fp16_opt_level: str = field(default="O1", metadata={"help": "AMP level for bf16/fp16 (O1 | O2)."})
-    tensor_parallel_degree: int = field(default=1, metadata={"help": "Tensor parallel degree (only 1 yet)."})
-    pipeline_parallel_degree: int = field(default=1, metadata={"help": "Pipeline parallel degree (only 1 yet)."})
+    tensor_parallel_degree: int = field(
+        default=1, metadata={"help": "Tensor parallel degree of every model (weights split on load, merged on save)."}
+    )
+    pipeline_parallel_degree: int = field(
+        default=1, metadata={"help": "Pipeline parallel degree of the trainable models (actor, critic)."}
+    )
     pipeline_parallel_config: str = field(default="", metadata={"help": "Pipeline options (for pp > 1)."})
-    sharding_parallel_degree: int = field(default=1, metadata={"help": "Sharding degree (only 1 yet)."})
-    sharding: str = field(default="", metadata={"help": "Sharding stage (stage1 | stage2 | stage3; not yet)."})
+    sharding_parallel_degree: int = field(
+        default=1, metadata={"help": "Sharding degree of the trainable models' optimizer states / grads / params."}
+    )
+    sharding: str = field(
+        default="", metadata={"help": "Sharding stage: stage1 (optimizer states), stage2 (+ gradients), stage3 "
+                                      "(+ parameters); stage1 when only sharding_parallel_degree > 1 is given."}
+    )
     eval_mode: Optional[str] = field(
-        default=None, metadata={"help": "Reshard into a generation layout: single | tensor_parallel (not yet)."}
+        default=None, metadata={"help": "Generation layout of a pipeline-parallel actor: single (one full copy per "
+                                        "rank) | tensor_parallel (split over the tensor-parallel group); None: "
+                                        "tensor_parallel when pipeline_parallel_degree > 1."}
     )
     offload_level: str = field(
         default="", metadata={"help": "Offload: subset of 'freeze_model optimizer train_model' (not yet)."}
@@ -308,19 +319,22 @@ class PPOArguments:
         # later issues: refuse anything but the defaults instead of ignoring it
         if self.eval_mode in ("", "none", "None"):
             self.eval_mode = None
-        if self.eval_mode is not None:
-            _not_yet("eval_mode", self.eval_mode, "None", "resharding the actor into a generation layout")
+        if self.eval_mode is not None and self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode='{self.eval_mode}' is not valid; allowed values: {', '.join(EVAL_MODES)}, "
+                             "or None")
         if self.offload_level.strip():
             _not_yet("offload_level", self.offload_level, "''", "offloading models and optimizer states")
         if self.use_fusemt:
             _not_yet("use_fusemt", self.use_fusemt, "False", "the fused rollout operators (csrc issue)")
         if self.bf16 or self.fp16:
             _not_yet("bf16/fp16", True, "False", "mixed-precision PPO")
-        for name in ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"):
-            if getattr(self, name) not in (-1, 0, 1):
-                _not_yet(name, getattr(self, name), "1", "tensor/pipeline/sharding parallelism")
-        if self.sharding.strip() not in ("", "stage1"):
-            _not_yet("sharding", self.sharding, "''", "sharded optimizer states and parameters")
+        from alignment.parallel import ParallelStrategy
+
+        layout = ParallelStrategy.from_args(self)  # checks the degrees and the sharding stage
+        self.tensor_parallel_degree = layout.tensor_parallel_degree
+        self.pipeline_parallel_degree = layout.pipeline_parallel_degree
+        self.sharding_parallel_degree = layout.sharding_parallel_degree
+        self.sharding = layout.sharding
 
     # ---- derived settings
     @property
@@ -348,6 +362,9 @@ class PPOArguments:
         """``critic_<name>`` when set, else the actor's ``<name>`` (min_learning_rate and decay_steps included)."""
         value = getattr(self, f"critic_{name}")
         return getattr(self, name) if value is None else value
+
+
+EVAL_MODES = ("single", "tensor_parallel")
 
 
 def _not_yet(name: str, value, default: str, what: str) -> None:

@@ -33,17 +33,18 @@ def load_causal_lm(path: str, *, recompute: bool = False, recompute_granularity:
 
 def load_score_model(path: str, *, score_type: str, recompute: bool = False, use_flash_attention: bool = False,
                      recompute_granularity: str = "full", vocab_size: Optional[int] = None,
-                     allow_new_head: bool = False):
+                     allow_new_head: bool = False, head_seed: Optional[int] = None):
     """A ScoreModel without output normalisation. With ``allow_new_head`` (the critic) a causal-LM checkpoint
     gets a new score head; a reward model without a head is an error (ScoreHeadMissingError)."""
     from alignment.models.score_model import ScoreModel, has_score_head
 
     model = ScoreModel.from_pretrained(
-        path, init_score_head=allow_new_head and not has_score_head(path), score_type=score_type, do_normalize=False,
+        path, init_score_head=allow_new_head and not has_score_head(path), head_seed=head_seed,
+        score_type=score_type, do_normalize=False,
         dtype="float32", use_flash_attention=use_flash_attention, recompute=recompute,
         config_overrides={"recompute_granularity": recompute_granularity},
     )
-    if vocab_size is not None and model.get_input_embeddings().weight.shape[0] < vocab_size:
+    if vocab_size is not None and int(model.config.vocab_size) < vocab_size:  # not the rows: V / tp under TP
         model.resize_token_embeddings(vocab_size)
     return model
 
@@ -97,6 +98,7 @@ def build_models(
                 critic_path, score_type="critic", recompute=bool(args.critic_value("recompute")),
                 recompute_granularity=model_args.critic_recompute_granularity,
                 use_flash_attention=model_args.use_flash_attention, vocab_size=len(actor_tok), allow_new_head=True,
+                head_seed=args.seed,  # the same new head under every layout
             ),
             role="critic",
             trainable=True,

@@ -93,6 +93,11 @@ class PPOTrainer:
             if models.critic is not None
             else None
         )
+        # tensor / sharding layouts wrap a trainable model together with its optimizer
+        models.actor, self.actor_optimizer = self.strategy.wrap_model_and_optimizer(models.actor, self.actor_optimizer)
+        if models.critic is not None:
+            models.critic, self.critic_optimizer = self.strategy.wrap_model_and_optimizer(
+                models.critic, self.critic_optimizer)
         self.updater = PPOUpdater(
             models.actor, self.actor_optimizer,
             critic=models.critic, critic_optimizer=self.critic_optimizer,
@@ -228,7 +233,9 @@ class PPOTrainer:
             if s.is_main_process:  # records past the checkpoint belong to the interrupted attempt
                 _truncate_metrics(a.output_dir, self.global_step)
         else:
-            paddle.seed(a.seed + s.rank)
+            # model construction drew a layout-dependent number of random numbers: restart the streams
+            # (tensor / pipeline replicas of one data rank share a stream; sampled ids are broadcast anyway)
+            paddle.seed(a.seed + s.data_parallel_rank)
         reporter = MetricsReporter(
             a.output_dir, enabled=s.is_main_process, report_to=a.report_to, logging_dir=a.logging_dir,
             total_steps=self.total_steps, initial_step=self.global_step, disable_tqdm=a.disable_tqdm,

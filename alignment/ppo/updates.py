@@ -176,7 +176,10 @@ class PPOUpdater:
     @staticmethod
     def _step(optimizer: paddle.optimizer.Optimizer) -> None:
         optimizer.step()
-        optimizer.clear_grad(set_to_zero=False)
+        try:
+            optimizer.clear_grad(set_to_zero=False)
+        except TypeError:  # sharding stage 2 / 3 optimizers manage their gradient buffers themselves
+            optimizer.clear_grad()
         lr = optimizer._learning_rate
         if isinstance(lr, paddle.optimizer.lr.LRScheduler):
             lr.step()
