@@ -29,7 +29,7 @@ import paddle
 from paddle import nn
 
 __all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "stack_pairs", "load_causal_lm_pipe", "load_score_model_pipe",
-           "pipe_class", "is_pipeline_model"]
+           "pipe_class", "is_pipeline_model", "single_architecture"]
 
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100, "position_ids": 0}
 
@@ -111,6 +111,15 @@ def pipe_class(model_type: str, *, score_head: Optional[Mapping[str, Any]] = Non
     cls = type(name, (base,), {"get_loss_fn": get_loss_fn, "add_sequential_layer": add_sequential_layer})
     _PIPE_CLASSES[key] = cls
     return cls
+
+
+def single_architecture(model) -> str:
+    """The one-process class name of a model: ``LlamaForCausalLM`` for a Llama pipeline model too."""
+    for cls in type(model).__mro__:
+        name = cls.__name__
+        if name.endswith("ForCausalLMPipe"):
+            return name[: -len("Pipe")]
+    return type(model).__name__
 
 
 def is_pipeline_model(model) -> bool:

@@ -190,6 +190,7 @@ class ParallelStrategy:
                 strategy.pipeline_configs = {
                     "accumulate_steps": 1, "micro_batch_size": 1,
                     "enable_partial_send_recv": not compat.applied(),  # gloo has no partial send/recv
+                    "p2p_cache_shape": False,  # sequence lengths change between micro-batches
                 }
             fleet.init(is_collective=True, strategy=strategy)
             hcg = fleet.get_hybrid_communicate_group()
@@ -312,6 +313,14 @@ class ParallelStrategy:
 
         return gather_vocab(logits, self.tensor_parallel_group)
 
+    def broadcast_from_last_stage(self, obj):
+        """``obj`` of the last pipeline stage on every stage of this pipeline group (host round-trip)."""
+        if self.pipeline_parallel_degree == 1:
+            return obj
+        parts: list = []
+        dist.all_gather_object(parts, obj, group=self.pipeline_parallel_group)
+        return parts[-1]
+
     def tensor_parallel_broadcast(self, tensor: paddle.Tensor) -> paddle.Tensor:
         """``tensor`` of tensor-parallel rank 0 on every rank of this tensor-parallel group (in place)."""
         if self.tensor_parallel_degree > 1:
@@ -364,8 +373,11 @@ class ParallelStrategy:
             return model
         return paddle.DataParallel(model, find_unused_parameters=find_unused_parameters)
 
-    def wrap_model_and_optimizer(self, model: paddle.nn.Layer, optimizer):
+    def wrap_model_and_optimizer(self, model: paddle.nn.Layer, optimizer, accumulate_steps: int = 1):
         """(model, optimizer) prepared for the hybrid layout: tensor/pipeline wrappers, sharded optimizer.
+
+        A pipeline model becomes fleet's ``PipelineParallel``; ``train_batch`` then takes lists of
+        ``accumulate_steps`` micro-batches per optimizer step.
 
         stage1: fleet's ``DygraphShardingOptimizer`` (optimizer states split over the sharding group);
         stage2 / stage3: ``group_sharded_parallel`` levels ``os_g`` / ``p_g_os`` (gradients, and parameters).
@@ -385,7 +397,10 @@ class ParallelStrategy:
                 model, optimizer, level=level, group=self.sharding_parallel_group,
             )
             return model, optimizer
-        return fleet.distributed_model(model), fleet.distributed_optimizer(optimizer)
+        wrapped = fleet.distributed_model(model)
+        if hasattr(wrapped, "accumulate_steps"):
+            wrapped.accumulate_steps = int(accumulate_steps)
+        return wrapped, fleet.distributed_optimizer(optimizer)
 
     unwrap = staticmethod(unwrap_model)
 

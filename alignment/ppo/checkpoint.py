@@ -81,13 +81,14 @@ def _full_states(trainer):
 def _save_model(model, tokenizer, path: str, state) -> None:
     """A single-process checkpoint of ``model`` from its full ``state`` (the critic as a score model)."""
     from alignment.models.loading import save_causal_lm
+    from alignment.models.pipeline import single_architecture
     from alignment.models.score_model import save_score_checkpoint
 
     inner = _plain(model)
     if hasattr(inner, "score_config"):
         save_score_checkpoint(inner, path, state)
     else:
-        save_causal_lm(path, state, inner.config, type(inner).__name__)
+        save_causal_lm(path, state, inner.config, single_architecture(inner))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 

@@ -8,6 +8,11 @@
 
 On resume, ``checkpoint.load`` overwrites the actor and critic weights with the checkpoint's ``policy``/``value``;
 the reference always comes from the SFT checkpoint.
+
+With ``pipeline_parallel_degree > 1`` the actor and critic are pipeline models (``alignment.models.pipeline``)
+whose last stage computes the actor / critic loss (bound by the updater), and each gets a generation copy
+(``alignment.parallel.reshard.GenerationCopy``, layout ``eval_mode``) for rollout and experience scoring;
+the frozen reference and reward models are ordinary models, split over the tensor-parallel group.
 """
 
 from __future__ import annotations
@@ -67,9 +72,13 @@ def build_models(
         use_flash_attention=model_args.use_flash_attention,
         tokenizer=actor_tok,
     )
-    actor = strategy.create_model(
-        lambda: load_causal_lm(actor_path, recompute=args.recompute, **lm_kwargs), role="actor", trainable=True
-    )
+    pipeline = strategy.pipeline_parallel_degree > 1
+    if pipeline:
+        actor = strategy.create_model(lambda: actor_pipe(actor_path, args, model_args), role="actor", trainable=True)
+    else:
+        actor = strategy.create_model(
+            lambda: load_causal_lm(actor_path, recompute=args.recompute, **lm_kwargs), role="actor", trainable=True
+        )
     need_reference = args.kl_coeff > 0 or args.kl_loss_coeff > 0
     reference = (
         strategy.create_model(lambda: load_causal_lm(actor_path, **lm_kwargs), role="reference", trainable=False)
@@ -94,7 +103,7 @@ def build_models(
                 "Set reward_critic_model_name_or_path to a checkpoint with the actor's vocabulary (e.g. the SFT model)"
             )
         critic = strategy.create_model(
-            lambda: load_score_model(
+            (lambda: critic_pipe(critic_path, args, model_args)) if pipeline else lambda: load_score_model(
                 critic_path, score_type="critic", recompute=bool(args.critic_value("recompute")),
                 recompute_granularity=model_args.critic_recompute_granularity,
                 use_flash_attention=model_args.use_flash_attention, vocab_size=len(actor_tok), allow_new_head=True,
@@ -103,7 +112,72 @@ def build_models(
             role="critic",
             trainable=True,
         )
-    return PPOModels(
+    models = PPOModels(
         actor=actor, reference=reference, actor_tokenizer=actor_tok, critic=critic,
         reward_model=reward_model, reward_tokenizer=reward_tok,
     )
+    if pipeline:
+        mode = args.eval_mode or "tensor_parallel"
+        models.actor_copy = generation_copy(actor, mode, score=False)
+        models.critic_copy = generation_copy(critic, mode, score=True) if critic is not None else None
+    return models
+
+
+def _unbound(*_):
+    raise RuntimeError("the pipeline criterion was not bound to the PPO updater")
+
+
+def actor_pipe(path: str, args: PPOArguments, model_args: ModelArgument):
+    """The actor as pipeline stages (its loss is bound later by ``PPOUpdater``)."""
+    from alignment.models.pipeline import PipeCriterion, load_causal_lm_pipe
+
+    return load_causal_lm_pipe(path, criterion=PipeCriterion(_unbound), dtype="float32",
+                               use_flash_attention=model_args.use_flash_attention, recompute=args.recompute,
+                               config_overrides={"recompute_granularity": model_args.recompute_granularity})
+
+
+def critic_pipe(path: str, args: PPOArguments, model_args: ModelArgument):
+    """The critic as pipeline stages with a score head; an LM checkpoint gets a new, seeded head."""
+    import numpy as np
+    import paddle
+
+    from alignment.models.pipeline import PipeCriterion, load_score_model_pipe
+    from alignment.models.score_model import ScoreConfig, has_score_head, normalizer_tensors
+
+    model = load_score_model_pipe(
+        path, criterion=PipeCriterion(_unbound), dtype="float32", use_flash_attention=model_args.use_flash_attention,
+        recompute=bool(args.critic_value("recompute")),
+        config_overrides={"recompute_granularity": model_args.critic_recompute_granularity},
+    )
+    model.score_config = ScoreConfig(score_type="critic")
+    model.frozen_state = normalizer_tensors(path, model.score_config)  # saved with the weights, never trained
+    if not has_score_head(path):  # the same new head as ScoreModel.from_pretrained(head_seed=args.seed)
+        for name, p in model.named_parameters():
+            if name.endswith("score_head.weight"):
+                std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+                w = np.random.RandomState(int(args.seed)).normal(0.0, std, p.shape).astype("float32")
+                p.set_value(paddle.to_tensor(w))
+    return model
+
+
+def generation_copy(pipe_model, mode: str, *, score: bool):
+    """A non-pipeline copy of ``pipe_model`` in layout ``mode`` for rollout and experience scoring."""
+    import copy
+
+    from paddlenlp.transformers import AutoModel, AutoModelForCausalLM
+
+    from alignment.models.score_model import ScoreModel
+    from alignment.parallel import ParallelStrategy
+    from alignment.parallel.reshard import GenerationCopy
+
+    strategy = ParallelStrategy.current()
+    config = copy.deepcopy(pipe_model.config)
+    if mode == "single" or strategy.tensor_parallel_degree == 1:
+        config.tensor_parallel_degree, config.tensor_parallel_rank = 1, 0
+    if score:
+        def build():
+            return ScoreModel(AutoModel.from_config(config), pipe_model.score_config)
+    else:
+        def build():
+            return AutoModelForCausalLM.from_config(config)
+    return GenerationCopy(pipe_model, build, mode=mode, strategy=strategy)

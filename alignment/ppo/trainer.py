@@ -56,6 +56,8 @@ class PPOModels:
     critic: Optional[paddle.nn.Layer] = None  # trainable (PPO only), wrapped
     reward_model: Optional[paddle.nn.Layer] = None  # frozen score model (or use a reward_fn)
     reward_tokenizer: Any = None  # when it differs from the actor's, rollouts are re-tokenised
+    actor_copy: Any = None  # pipeline parallel: GenerationCopy of the actor (rollout, old log-probs)
+    critic_copy: Any = None  # pipeline parallel: GenerationCopy of the critic (values)
 
 
 class PPOTrainer:
@@ -94,17 +96,22 @@ class PPOTrainer:
             else None
         )
         # tensor / sharding layouts wrap a trainable model together with its optimizer
-        models.actor, self.actor_optimizer = self.strategy.wrap_model_and_optimizer(models.actor, self.actor_optimizer)
+        gas = args.gradient_accumulation_steps
+        models.actor, self.actor_optimizer = self.strategy.wrap_model_and_optimizer(
+            models.actor, self.actor_optimizer, accumulate_steps=gas)
         if models.critic is not None:
             models.critic, self.critic_optimizer = self.strategy.wrap_model_and_optimizer(
-                models.critic, self.critic_optimizer)
+                models.critic, self.critic_optimizer, accumulate_steps=gas)
         self.updater = PPOUpdater(
             models.actor, self.actor_optimizer,
             critic=models.critic, critic_optimizer=self.critic_optimizer,
             settings=LossSettings.from_args(args), micro_batch_size=args.per_device_train_batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps, update_iters=args.update_iters,
+            strategy=self.strategy,
         )
         self.reward_normalizer = RewardNormalizer() if args.normalize_reward else None
+        self._copies_stale = True  # generation copies (pipeline parallel) are filled before the first use
+        self._reshard_stats: Dict[str, float] = {}
         self.global_step = 0
         self.history: list = []
 
@@ -143,7 +150,7 @@ class PPOTrainer:
     def rollout(self, batch: Dict[str, Any], config: Optional[GenerationConfig] = None) -> RolloutBatch:
         """Generate for one prompt batch, in chunks of per_device_rollout_batch_size prompts."""
         config = config or self.generation_config
-        actor = self.strategy.unwrap(self.m.actor)
+        actor = self.rollout_actor()
         n_prompts = batch["input_ids"].shape[0]
         chunk = self.args.per_device_rollout_batch_size
         chunk = n_prompts if chunk <= 0 else chunk
@@ -160,15 +167,36 @@ class PPOTrainer:
             )
         return concat_rollouts(parts, config.pad_token_id)
 
+    def rollout_actor(self):
+        """The model that generates: the actor itself, or (pipeline parallel) its refreshed generation copy."""
+        self._refresh_copies()
+        return self.m.actor_copy.model if self.m.actor_copy is not None else self.strategy.unwrap(self.m.actor)
+
+    def _scoring_critic(self):
+        if self.m.critic is None:
+            return None
+        self._refresh_copies()
+        return self.m.critic_copy.model if self.m.critic_copy is not None else self.strategy.unwrap(self.m.critic)
+
+    def _refresh_copies(self) -> None:
+        """Pipeline parallel: copy the trained weights into the generation copies when they changed."""
+        if self.m.actor_copy is None or not self._copies_stale:
+            return
+        stats = self.m.actor_copy.refresh()
+        if self.m.critic_copy is not None:
+            more = self.m.critic_copy.refresh()
+            stats = {k: stats[k] + more[k] for k in stats}
+        self._reshard_stats = stats
+        self._copies_stale = False
+
     def experience(self, rollout: RolloutBatch):
-        un = self.strategy.unwrap
         return make_experience(
             rollout,
-            actor=un(self.m.actor),
+            actor=self.rollout_actor(),
             reference=self.m.reference,
             reward_model=self.m.reward_model,
             reward_fn=self.reward_fn,
-            critic=un(self.m.critic) if self.m.critic is not None else None,
+            critic=self._scoring_critic(),
             temperature=self.args.temperature,
             micro_batch_size=self.args.experience_batch_size,
             retokenizer=self.retokenizer,
@@ -190,6 +218,8 @@ class PPOTrainer:
         )
         t3 = time.perf_counter()
         metrics.update(self.updater.update(exp, self.ptx))
+        self._copies_stale = True
+        metrics.update(self._reshard_stats)
         t4 = time.perf_counter()
         metrics.update(
             time_generation=t1 - t0, time_experience=t2 - t1, time_advantages=t3 - t2, time_update=t4 - t3,

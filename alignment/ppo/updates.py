@@ -8,6 +8,11 @@ Per micro-batch of ``per_device_train_batch_size`` rows (in rollout order, group
 3. critic (PPO): registry "value"["clipped"] clipped value loss.
 Every ``gradient_accumulation_steps`` micro-batches each optimizer takes a step and its schedule advances.
 Gradients are averaged over data-parallel ranks by the wrapped models during ``backward``.
+
+Pipeline parallel: the actor and critic are ``PipelineParallel`` models whose last stage computes the same
+losses (``actor_loss_from_logits`` / ``critic_loss_from_scores``) as their criterion; one ``train_batch``
+per optimizer step takes the ``gradient_accumulation_steps`` micro-batches as a list (1F1B schedule), and
+the last stage's metrics are broadcast over the pipeline group.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from alignment.algorithms import registry
 from alignment.algorithms.policy import entropy_bonus, kl_penalty_loss
 from alignment.algorithms.utils import gather_logps, masked_mean
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
-from alignment.rollout import Experience, response_logps, response_values
+from alignment.rollout import (
+    Experience,
+    logits_response_logps,
+    response_logps,
+    response_values,
+    scores_response_values,
+)
 
 __all__ = ["LossSettings", "PPOUpdater", "ptx_loss"]
 
@@ -47,6 +58,32 @@ class LossSettings:
     @classmethod
     def from_args(cls, args) -> "LossSettings":
         return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class _MicroBatch:
+    """The fields of an ``Experience`` micro-batch that the losses read (pipeline labels)."""
+
+    sequences: Optional[paddle.Tensor] = None
+    response_mask: Optional[paddle.Tensor] = None
+    old_logps: Optional[paddle.Tensor] = None
+    advantages: Optional[paddle.Tensor] = None
+    ref_logps: Optional[paddle.Tensor] = None
+    values: Optional[paddle.Tensor] = None
+    returns: Optional[paddle.Tensor] = None
+    prompt_length: int = 0
+
+
+def _criterion(model):
+    from alignment.parallel import unwrap_model
+
+    return unwrap_model(model).alignment_criterion
+
+
+def _advance_schedule(optimizer) -> None:
+    lr = optimizer._learning_rate
+    if isinstance(lr, paddle.optimizer.lr.LRScheduler):
+        lr.step()
 
 
 def ptx_loss(model: paddle.nn.Layer, batch: SupervisedBatch) -> paddle.Tensor:
@@ -83,6 +120,7 @@ class PPOUpdater:
         micro_batch_size: int,
         gradient_accumulation_steps: int = 1,
         update_iters: int = 1,
+        strategy=None,
     ):
         if (critic is None) != (critic_optimizer is None):
             raise ValueError("PPOUpdater: give the critic together with its optimizer")
@@ -94,13 +132,30 @@ class PPOUpdater:
         self.update_iters = update_iters
         self.policy_fn = registry.get("policy", "ppo")
         self.value_fn = registry.get("value", "clipped") if critic is not None else None
+        self.strategy = strategy
+        self.pipeline = strategy is not None and strategy.pipeline_parallel_degree > 1
+        if self.pipeline:
+            if settings.ptx_coeff > 0:
+                raise ValueError("ptx_coeff > 0 with pipeline_parallel_degree > 1 is not supported; set ptx_coeff 0 "
+                                 "or use tensor parallelism / sharding for runs with a ptx loss")
+            self._pp_metrics: List[Dict[str, float]] = []
+            self._prompt_length = 0
+            _criterion(actor).fn = self._pipeline_actor_loss
+            if critic is not None:
+                _criterion(critic).fn = self._pipeline_critic_loss
 
     # ------------------------------------------------------------------ losses
     def actor_loss(self, mb: Experience):
+        out = self.actor(input_ids=mb.sequences, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                         return_dict=True)
+        return self.actor_loss_from_logits(out.logits if hasattr(out, "logits") else out[0], mb)
+
+    def actor_loss_from_logits(self, full_logits: paddle.Tensor, mb):
+        """Actor loss and metrics from the logits (N, T, V) of ``mb.sequences`` (any object with the fields)."""
         s = self.s
-        logps, logits = response_logps(
-            self.actor, mb.sequences, mb.attention_mask, mb.position_ids, mb.prompt_length, mb.response_mask,
-            temperature=s.temperature, return_logits=True,
+        logps, logits = logits_response_logps(
+            full_logits, mb.sequences, mb.prompt_length, mb.response_mask, temperature=s.temperature,
+            return_logits=True,
         )
         pg, metrics = self.policy_fn(
             logps, mb.old_logps, mb.advantages, mb.response_mask,
@@ -129,6 +184,9 @@ class PPOUpdater:
         values = response_values(
             self.critic, mb.sequences, mb.attention_mask, mb.position_ids, mb.prompt_length, mb.response_mask
         )
+        return self.critic_loss_from_values(values, mb)
+
+    def critic_loss_from_values(self, values: paddle.Tensor, mb):
         loss, metrics = self.value_fn(
             values, mb.values, mb.returns, mb.response_mask,
             clip_range_value=self.s.clip_range_value, loss_agg_mode=self.s.loss_agg_mode,
@@ -149,6 +207,8 @@ class PPOUpdater:
         if self.critic is not None:
             self.critic.train()
         micro = exp.split(self.micro_batch_size)
+        if self.pipeline:
+            return self._update_pipeline(micro)
         for _ in range(self.update_iters):
             for k, mb in enumerate(micro):
                 loss, metrics = self.actor_loss(mb)
@@ -167,6 +227,56 @@ class PPOUpdater:
                         self._step(self.critic_optimizer)
                 for key, v in metrics.items():
                     sums[key].append(float(v.astype("float32").mean()) if isinstance(v, paddle.Tensor) else float(v))
+        out = {k: sum(v) / len(v) for k, v in sums.items()}
+        out["actor_lr"] = float(self.actor_optimizer.get_lr())
+        if self.critic_optimizer is not None:
+            out["critic_lr"] = float(self.critic_optimizer.get_lr())
+        return out
+
+    # ------------------------------------------------------------------ pipeline parallel
+    def _pipeline_actor_loss(self, logits, labels):
+        sequences, response_mask, old_logps, advantages, ref_logps = labels
+        mb = _MicroBatch(sequences=sequences, response_mask=response_mask, old_logps=old_logps,
+                         advantages=advantages, ref_logps=ref_logps, prompt_length=self._prompt_length)
+        loss, metrics = self.actor_loss_from_logits(logits, mb)
+        self._pp_metrics.append({k: float(v.astype("float32").mean()) for k, v in metrics.items()})
+        return loss
+
+    def _pipeline_critic_loss(self, scores, labels):
+        response_mask, values, returns = labels
+        mb = _MicroBatch(response_mask=response_mask, values=values, returns=returns)
+        loss, metrics = self.critic_loss_from_values(
+            scores_response_values(scores, self._prompt_length, response_mask), mb)
+        self._pp_metrics.append({k: float(v.astype("float32").mean()) for k, v in metrics.items()})
+        return loss
+
+    def _update_pipeline(self, micro: List[Experience]) -> Dict[str, float]:
+        if len(micro) % self.gas:
+            raise ValueError(f"pipeline parallel: {len(micro)} micro-batches per rollout are not a multiple of "
+                             f"gradient_accumulation_steps={self.gas}")
+        self._prompt_length = micro[0].prompt_length
+        self._pp_metrics = []
+        zeros = [paddle.zeros_like(mb.old_logps) for mb in micro]
+        for _ in range(self.update_iters):
+            for g in range(0, len(micro), self.gas):
+                group = micro[g:g + self.gas]
+                inputs = ([mb.sequences for mb in group], [mb.attention_mask.astype("bool") for mb in group],
+                          [mb.position_ids for mb in group])
+                refs = [mb.ref_logps if mb.ref_logps is not None else zeros[g + i] for i, mb in enumerate(group)]
+                labels = ([mb.sequences for mb in group], [mb.response_mask for mb in group],
+                          [mb.old_logps for mb in group], [mb.advantages for mb in group], refs)
+                self.actor.train_batch([inputs, labels], self.actor_optimizer)
+                _advance_schedule(self.actor_optimizer)
+                if self.critic is not None:
+                    labels = ([mb.response_mask for mb in group], [mb.values for mb in group],
+                              [mb.returns for mb in group])
+                    self.critic.train_batch([inputs, labels], self.critic_optimizer)
+                    _advance_schedule(self.critic_optimizer)
+        records = self.strategy.broadcast_from_last_stage(self._pp_metrics)
+        sums: Dict[str, List[float]] = defaultdict(list)
+        for record in records:
+            for key, v in record.items():
+                sums[key].append(v)
         out = {k: sum(v) / len(v) for k, v in sums.items()}
         out["actor_lr"] = float(self.actor_optimizer.get_lr())
         if self.critic_optimizer is not None:

@@ -9,8 +9,10 @@ from .experience import (
     RewardFn,
     concat_rollouts,
     make_experience,
+    logits_response_logps,
     response_logps,
     response_values,
+    scores_response_values,
     reward_scores,
 )
 from .generation import GenerationConfig, RolloutBatch, eval_mode, generate, make_position_ids
@@ -30,8 +32,10 @@ __all__ = [
     "make_experience",
     "make_position_ids",
     "register_sampler",
+    "logits_response_logps",
     "response_logps",
     "response_values",
+    "scores_response_values",
     "reward_scores",
     "sample_next_token",
 ]

@@ -175,6 +175,12 @@ def response_logps(
         input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, return_dict=True
     )
     logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits_response_logps(logits, sequences, prompt_length, response_mask, temperature, return_logits)
+
+
+def logits_response_logps(logits: paddle.Tensor, sequences: paddle.Tensor, prompt_length: int,
+                          response_mask: paddle.Tensor, temperature: float = 1.0, return_logits: bool = False):
+    """``response_logps`` from the full-sequence logits (N, T, V) already computed (a pipeline's last stage)."""
     logits = logits[:, prompt_length - 1 : -1]
     logps = gather_logps(logits, sequences[:, prompt_length:], temperature)
     logps = logps * response_mask.astype(logps.dtype)
@@ -200,7 +206,12 @@ def response_values(
 ) -> paddle.Tensor:
     """Response-aligned critic values (N, R): the score at position P + j - 1, zeroed on pads."""
     out = critic(input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids)
-    values = _scores_2d(out)[:, prompt_length - 1 : -1]
+    return scores_response_values(_scores_2d(out), prompt_length, response_mask)
+
+
+def scores_response_values(scores: paddle.Tensor, prompt_length: int, response_mask: paddle.Tensor) -> paddle.Tensor:
+    """``response_values`` from per-token scores (N, T) already computed (a pipeline's last stage)."""
+    values = scores.astype("float32")[:, prompt_length - 1 : -1]
     return values * response_mask.astype(values.dtype)
 
 

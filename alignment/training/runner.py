@@ -97,9 +97,10 @@ def save_model(trainer, output_dir: Optional[str] = None) -> None:
 
     state = full_state_dict(trainer.model)
     if state is not None:
+        from alignment.models.pipeline import single_architecture
+
         inner = unwrap_model(trainer.model)
-        arch = type(inner).__mro__[1].__name__.replace("Pipe", "")  # LlamaForCausalLMPipe -> LlamaForCausalLM
-        save_causal_lm(output_dir, state, inner.config, arch)
+        save_causal_lm(output_dir, state, inner.config, single_architecture(inner))
         if trainer.tokenizer is not None:
             trainer.tokenizer.save_pretrained(output_dir)
 
