@@ -2,9 +2,10 @@
 
 Three dataclasses, named like PaddleNLP's (``ModelArgument``, ``DataArgument``, ``PPOArguments``) so
 ``config/llama/ppo_argument.json`` keeps the seed's key names. Every field has a help string and a
-default; ``__post_init__`` checks values and names the field and the allowed values. Arguments that a
-later issue implements (``eval_mode``, ``offload_level``, ``use_fusemt``, tensor/pipeline/sharding
-degrees > 1, ``bf16``/``fp16``) raise ``NotImplementedError`` when set to anything but their default.
+default; ``__post_init__`` checks values and names the field and the allowed values. The layout
+(tensor / pipeline / sharding degrees, ``sharding`` stage, ``eval_mode``) is checked by
+``alignment.parallel.ParallelStrategy``. Arguments that a later issue implements (``offload_level``,
+``use_fusemt``, ``bf16``/``fp16``) raise ``NotImplementedError`` when set to anything but their default.
 
 Step vocabulary: one *step* is one rollout batch (generate -> experience -> advantages -> updates);
 ``max_steps``, ``logging_steps``, ``eval_steps`` and ``save_steps`` count steps. Inside a step the

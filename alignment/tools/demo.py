@@ -1,6 +1,6 @@
 """``make demo``: the whole RLHF pipeline on a tiny model, on a laptop CPU, with no download.
 
-    python -m alignment.tools.demo [--out demo_output] [--ppo-steps 30]
+    python -m alignment.tools.demo [--out demo_output] [--ppo-steps 40] [--ppo-nproc 2] [--ppo-tensor-parallel 2]
 
 1. builds a tiny Llama + SentencePiece tokenizer (``alignment.tools.make_tiny_model``);
 2. SFT on GSM8K question -> worked answer (``alignment/sft/run_sft.py``);
@@ -8,12 +8,26 @@
    GSM8K final-answer line ``#### <number>``, the *rejected* one is the same reasoning without it
    (a format preference that a tiny model can learn: "state your final answer");
 4. PPO (``alignment/ppo/run_ppo.py``) with the SFT model as actor and reference, the reward model as
-   reward and critic init;
+   reward and critic init, under tensor parallelism by default - two processes over gloo::
+
+       python -m paddle.distributed.launch --nproc_per_node 2 --log_dir <out>/ppo_launch_log \
+           alignment/ppo/run_ppo.py config/llama/tiny/ppo_argument.json ... --tensor_parallel_degree 2
+
+   ``--ppo-nproc N`` (default 2) and ``--ppo-tensor-parallel T`` (default 2, or 1 with ``--ppo-nproc 1``;
+   T must divide N) pick the layout; the other N / T ranks are data parallel, and then each rank gets
+   1 / (N / T) of the config's ``per_device_prompt_batch_size`` and ``per_device_train_batch_size`` so that
+   a step still rolls out the same number of prompts and updates on the same mini-batches.
+   ``--ppo-nproc 1`` runs the plain single-process ``python alignment/ppo/run_ppo.py ...``. The layout is
+   printed (``PPO layout: ...``) and checked against the ``HybridParallelInfo`` line of ``workerlog.0``;
 5. prints a table of the reward of the policy's responses before and after PPO, the share of responses
-   that state a final answer, and the path of the reward/KL plot.
+   that state a final answer, the PPO layout, and the path of the reward/KL plot.
 
 Each stage is run through its real command-line entry point with ``config/llama/tiny/*.json``-style
-arguments, exactly as a user would. GSM8K (MIT, OpenAI) ships in ``alignment/tools/demo_data``.
+arguments, exactly as a user would; its output goes to ``<out>/logs/<stage>.log`` (for the launched PPO stage
+that is the launcher's output, which echoes rank 0; every rank's own log is
+``<out>/ppo_launch_log/workerlog.N``). When a stage fails the demo stops with the last lines of that log and,
+for the launched stage, of every ``workerlog.N`` (rank 0, with the traceback, last). GSM8K (MIT, OpenAI)
+ships in ``alignment/tools/demo_data``.
 """
 
 from __future__ import annotations
@@ -23,15 +37,23 @@ import json
 import os
 import random
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 GSM8K = Path(__file__).with_name("demo_data") / "gsm8k_test_first1000.jsonl"
 FINAL = re.compile(r"####\s*-?[\d,.]+")
+PPO_SCRIPT = "alignment/ppo/run_ppo.py"
+PPO_CONFIG = "config/llama/tiny/ppo_argument.json"
+# A hung collective (one rank dead, the other waiting) must not hang the demo: the launched stage takes about
+# 2 minutes on 2 cores, so 30 minutes means something is wrong.
+LAUNCH_TIMEOUT_S = 1800
 
 
 def _gsm8k() -> List[Dict[str, str]]:
@@ -71,16 +93,167 @@ def build_demo_data(out: Path, seed: int = 0) -> Dict[str, Path]:
     return paths
 
 
-def _run(stage: str, args: List[str], log_dir: Path) -> float:
+def _tail(path: Path, lines: int) -> str:
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def _worker_logs(log_dir: Path) -> List[Path]:
+    """``workerlog.N`` under ``log_dir``, rank 0 last (its traceback then ends the failure message)."""
+    logs = [p for p in log_dir.glob("workerlog.*") if p.suffix[1:].isdigit()]
+    return sorted(logs, key=lambda p: (int(p.suffix[1:]) == 0, int(p.suffix[1:])))
+
+
+def failure_message(stage: str, returncode: Optional[int], log: Path, worker_log_dir: Optional[Path] = None,
+                    timeout: Optional[float] = None, lines: int = 25, worker_lines: int = 40) -> str:
+    """What the demo says when a stage fails (``returncode`` None: timed out): the tail of its log and, for a
+    launched stage, of every worker log."""
+    what = f"timed out after {timeout:.0f} s" if returncode is None else f"exit {returncode}"
+    parts = [f"[demo] {stage} failed ({what}); last lines of {log}:\n{_tail(log, lines)}"]
+    if worker_log_dir is not None:
+        workers = _worker_logs(worker_log_dir)
+        if not workers:
+            parts.append(f"[demo] no workerlog.N under {worker_log_dir}: the launcher failed before starting the workers")
+        for w in workers:
+            parts.append(f"[demo] last lines of {w}:\n{_tail(w, worker_lines)}")
+    return "\n".join(parts)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """End what is left of the stage's process group (the launcher and its workers): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):  # nothing left
+            return
+        deadline = time.time() + grace
+        while time.time() < deadline:
+            try:
+                proc.wait(timeout=0.2)  # reap the leader, or it stays in the group as a zombie
+            except subprocess.TimeoutExpired:
+                continue
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.2)
+
+
+def _run(stage: str, args: Sequence[str], log_dir: Path, *, worker_log_dir: Optional[Path] = None,
+         timeout: Optional[float] = None) -> float:
+    """``python <args>`` from the repository root, output to ``log_dir/<stage>.log``; seconds it took.
+
+    The stage runs in its own process group, ended on a timeout or Ctrl-C (and after a launcher exits, so no
+    worker outlives it). On failure raises SystemExit with ``failure_message``.
+    """
     log = log_dir / f"{stage}.log"
     start = time.time()
-    print(f"[demo] {stage}: {' '.join(args)}  (log: {log})", flush=True)
+    print(f"[demo] {stage}: python {' '.join(map(str, args))}  (log: {log})", flush=True)
+    returncode: Optional[int] = None
     with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
-        raise SystemExit(f"[demo] {stage} failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
+        proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        finally:  # also on KeyboardInterrupt
+            _stop(proc)
+    if returncode != 0:
+        raise SystemExit(failure_message(stage, returncode, log, worker_log_dir, timeout))
     return time.time() - start
+
+
+@dataclass(frozen=True)
+class PPOLayout:
+    """How the PPO stage runs: ``nproc`` processes, tensor parallel ``tensor_parallel``, the rest data parallel.
+
+    ``prompt_batch`` / ``train_batch`` are the per-device batch sizes passed to each rank: the config's values
+    divided by the data-parallel degree, so the global batch (prompts per step, rows per update) is the
+    config's whatever the layout.
+    """
+
+    nproc: int
+    tensor_parallel: int
+    prompt_batch: int
+    train_batch: int
+    global_prompt_batch: int
+
+    @property
+    def data_parallel(self) -> int:
+        return self.nproc // self.tensor_parallel
+
+    @property
+    def launched(self) -> bool:
+        return self.nproc > 1
+
+    def describe(self) -> str:
+        if not self.launched:
+            return "1 process (python alignment/ppo/run_ppo.py, no launcher)"
+        text = f"{self.nproc} processes, tensor_parallel_degree {self.tensor_parallel}"
+        if self.data_parallel > 1:
+            text += (f", data parallel {self.data_parallel} ({self.prompt_batch} prompts per device, "
+                     f"{self.global_prompt_batch} per step)")
+        return text + " (paddle.distributed.launch)"
+
+    def short(self) -> str:
+        if not self.launched:
+            return "1 process"
+        dp = f" x DP{self.data_parallel}" if self.data_parallel > 1 else ""
+        return f"{self.nproc} procs, TP{self.tensor_parallel}{dp}"
+
+
+def plan_ppo_layout(nproc: int, tensor_parallel: Optional[int] = None, config: Path = ROOT / PPO_CONFIG) -> PPOLayout:
+    """Check ``--ppo-nproc`` / ``--ppo-tensor-parallel`` and split the config's batches; ValueError says why not."""
+    if nproc < 1:
+        raise ValueError(f"--ppo-nproc must be >= 1, got {nproc}")
+    tp = min(2, nproc) if tensor_parallel is None else tensor_parallel
+    if tp < 1 or nproc % tp:
+        raise ValueError(f"--ppo-tensor-parallel ({tp}) must divide --ppo-nproc ({nproc})")
+    config = Path(config)
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    prompts, rows = settings["per_device_prompt_batch_size"], settings["per_device_train_batch_size"]
+    dp = nproc // tp
+    if prompts % dp or rows % dp:
+        raise ValueError(
+            f"--ppo-nproc {nproc} / --ppo-tensor-parallel {tp} leaves {dp} data-parallel ranks, which must divide "
+            f"the global batch of {config.name} (per_device_prompt_batch_size {prompts}, "
+            f"per_device_train_batch_size {rows})"
+        )
+    return PPOLayout(nproc, tp, prompts // dp, rows // dp, prompts)
+
+
+def ppo_command(layout: PPOLayout, stage_args: Sequence[str], launch_log_dir: Path) -> List[str]:
+    """Arguments after ``python`` for the PPO stage: plain ``run_ppo.py`` or ``paddle.distributed.launch``."""
+    if not layout.launched:
+        return [PPO_SCRIPT, PPO_CONFIG, *stage_args]
+    batches = []
+    if layout.data_parallel > 1:
+        batches = ["--per_device_prompt_batch_size", str(layout.prompt_batch),
+                   "--per_device_train_batch_size", str(layout.train_batch)]
+    return ["-m", "paddle.distributed.launch", "--nproc_per_node", str(layout.nproc), "--log_dir",
+            str(launch_log_dir), PPO_SCRIPT, PPO_CONFIG, *stage_args, *batches,
+            "--tensor_parallel_degree", str(layout.tensor_parallel)]
+
+
+_HYBRID = re.compile(r"HybridParallelInfo:.*?mp_degree: (\d+),.*?dp_degree: (\d+)")
+
+
+def check_launched_layout(layout: PPOLayout, launch_log_dir: Path) -> str:
+    """Compare the layout with what rank 0 reported (fleet's ``HybridParallelInfo`` line in ``workerlog.0``).
+
+    Returns a note for the printout; raises SystemExit if a rank log is missing or the degrees differ.
+    """
+    missing = [r for r in range(layout.nproc) if not (launch_log_dir / f"workerlog.{r}").exists()]
+    if missing:
+        raise SystemExit(f"[demo] PPO: no workerlog for rank(s) {missing} under {launch_log_dir}")
+    match = _HYBRID.search((launch_log_dir / "workerlog.0").read_text(encoding="utf-8", errors="replace"))
+    if match is None:
+        return f"(workerlog.0 has no HybridParallelInfo line; {layout.nproc} worker logs)"
+    mp, dp = int(match.group(1)), int(match.group(2))
+    if (mp, dp) != (layout.tensor_parallel, layout.data_parallel):
+        raise SystemExit(f"[demo] PPO ran with mp_degree {mp}, dp_degree {dp} (workerlog.0), expected "
+                         f"{layout.tensor_parallel} and {layout.data_parallel}")
+    return f"(workerlog.0: mp_degree {mp}, dp_degree {dp})"
 
 
 def final_answer_share(model_dir: Path, prompts_file: Path, n_prompts: int = 48, max_new_tokens: int = 48,
@@ -127,7 +300,16 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--rm-steps", type=int, default=150)
     parser.add_argument("--ppo-steps", type=int, default=40)
+    parser.add_argument("--ppo-nproc", type=int, default=2,
+                        help="processes of the PPO stage (paddle.distributed.launch); 1 = plain single process")
+    parser.add_argument("--ppo-tensor-parallel", type=int, default=None,
+                        help="tensor_parallel_degree of the PPO stage, dividing --ppo-nproc (default 2, 1 when "
+                             "--ppo-nproc is 1); the other ranks are data parallel, the global batch unchanged")
     args = parser.parse_args(argv)
+    try:
+        layout = plan_ppo_layout(args.ppo_nproc, args.ppo_tensor_parallel)
+    except ValueError as e:
+        parser.error(str(e))
 
     out = (ROOT / args.out).resolve()
     logs = out / "logs"
@@ -163,24 +345,30 @@ def main(argv: List[str] | None = None) -> None:
     )
 
     ppo_dir = out / "ppo"
+    launch_log = out / "ppo_launch_log"
+    shutil.rmtree(launch_log, ignore_errors=True)  # the launcher appends to old worker logs otherwise
+    ppo_args = ["--actor_model_name_or_path", str(sft_dir), "--reward_model_name_or_path", str(rm_dir),
+                "--train_datasets", f"gsm8k:1.0:{data['prompts']}",
+                "--eval_datasets", f"gsm8k:0.1:{data['prompts']}",
+                *_stage_flags(ppo_dir, args.ppo_steps), "--max_dec_len", "48",
+                "--learning_rate", "5e-4", "--kl_coeff", "0.05"]
+    print(f"PPO layout: {layout.describe()}", flush=True)
     timings["PPO"] = _run(
-        "ppo",
-        ["alignment/ppo/run_ppo.py", "config/llama/tiny/ppo_argument.json",
-         "--actor_model_name_or_path", str(sft_dir), "--reward_model_name_or_path", str(rm_dir),
-         "--train_datasets", f"gsm8k:1.0:{data['prompts']}",
-         "--eval_datasets", f"gsm8k:0.1:{data['prompts']}",
-         *_stage_flags(ppo_dir, args.ppo_steps), "--max_dec_len", "48",
-         "--learning_rate", "5e-4", "--kl_coeff", "0.05"],
-        logs,
+        "ppo", ppo_command(layout, ppo_args, launch_log), logs,
+        worker_log_dir=launch_log if layout.launched else None,
+        timeout=LAUNCH_TIMEOUT_S if layout.launched else None,
     )
+    if layout.launched:
+        print(f"[demo] PPO layout confirmed {check_launched_layout(layout, launch_log)}; worker logs: {launch_log}",
+              flush=True)
 
     shares = {"SFT": final_answer_share(sft_dir, data["prompts"]),
               "PPO": final_answer_share(ppo_dir / "policy", data["prompts"])}
-    _report(sft_dir, rm_dir, ppo_dir, timings, time.time() - began, shares)
+    _report(sft_dir, rm_dir, ppo_dir, timings, time.time() - began, shares, layout)
 
 
 def _report(sft_dir: Path, rm_dir: Path, ppo_dir: Path, timings: Dict[str, float], total: float,
-            shares: Dict[str, float]) -> None:
+            shares: Dict[str, float], layout: PPOLayout) -> None:
     sft = [r for r in _metrics(sft_dir / "metrics.jsonl") if "eval_loss" in r]
     rm = [r for r in _metrics(rm_dir / "metrics.jsonl") if "eval_accuracy" in r]
     ppo = _metrics(ppo_dir / "metrics.jsonl")
@@ -193,6 +381,7 @@ def _report(sft_dir: Path, rm_dir: Path, ppo_dir: Path, timings: Dict[str, float
     rows = [
         ("SFT eval loss (end)", f"{sft[-1]['eval_loss']:.3f}" if sft else "n/a"),
         ("reward model eval accuracy", f"{rm[-1]['eval_accuracy']:.3f}" if rm else "n/a"),
+        ("PPO layout", layout.short()),
         (f"PPO mean reward, first {k} steps", f"{first:+.3f}"),
         (f"PPO mean reward, last {k} steps", f"{last:+.3f}"),
         ("PPO reward change", f"{last - first:+.3f}"),

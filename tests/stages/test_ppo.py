@@ -307,10 +307,19 @@ def test_argument_errors(tmp_path, data_files, tiny_model_dir, rm_dir):
     from alignment.utils.cli import ArgumentError, parse_args
 
     types = [ModelArgument, DataArgument, PPOArguments]
-    for flag, value in (("--eval_mode", "single"), ("--offload_level", "freeze_model"), ("--use_fusemt", "true"),
-                        ("--tensor_parallel_degree", "2"), ("--sharding", "stage2")):
+    for flag, value in (("--offload_level", "freeze_model"), ("--use_fusemt", "true")):
         with pytest.raises(NotImplementedError, match="not implemented yet"):
             parse_args(types, [flag, value])
+    layout = PPOArguments(output_dir=str(tmp_path), tensor_parallel_degree=2, sharding_parallel_degree=2,
+                          eval_mode="single")
+    assert (layout.tensor_parallel_degree, layout.sharding, layout.eval_mode) == (2, "stage1", "single")
+    with pytest.raises(ArgumentError, match="tensor_parallel_degree=2 x pipeline_parallel_degree=1 x "
+                                            "sharding_parallel_degree=2 = 4 does not divide the world size 1"):
+        parse_args(types, ["--tensor_parallel_degree", "2", "--sharding_parallel_degree", "2"])
+    with pytest.raises(ValueError, match="eval_mode='pipeline' is not valid; allowed values: single, tensor_parallel"):
+        parse_args(types, ["--eval_mode", "pipeline"])
+    with pytest.raises(ValueError, match="sharding='stage4' is not valid"):
+        parse_args(types, ["--sharding", "stage4"])
     with pytest.raises(ValueError, match="divisible by per_device_train_batch_size"):
         parse_args(types, ["--per_device_prompt_batch_size", "3", "--per_device_train_batch_size", "2"])
     with pytest.raises(ValueError, match="allowed values: .*grpo"):
