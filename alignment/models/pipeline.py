@@ -81,6 +81,23 @@ def _base_pipe_class(model_type: str):
 
 
 _PIPE_CLASSES: Dict[tuple, type] = {}
+_POSITION_ADAPTERS: Dict[type, type] = {}
+
+
+def _positions_third(layer_cls: type) -> type:
+    """``layer_cls`` reading our stage tuple ``(hidden, mask, position_ids)``.
+
+    Qwen2's pipeline layers read a 3-tuple as ``(hidden, mask, attn_mask_startend_row_indices)``, so position
+    ids (which matter for left-padded rollouts) are handed over as the 4-tuple they expect.
+    """
+    if layer_cls not in _POSITION_ADAPTERS:
+        def forward(self, args):
+            if isinstance(args, tuple) and len(args) == 3:
+                args = (args[0], args[1], None, args[2])
+            return layer_cls.forward(self, args)
+
+        _POSITION_ADAPTERS[layer_cls] = type(layer_cls.__name__, (layer_cls,), {"forward": forward})
+    return _POSITION_ADAPTERS[layer_cls]
 
 
 def pipe_class(model_type: str, *, score_head: Optional[Mapping[str, Any]] = None) -> type:
@@ -105,6 +122,9 @@ def pipe_class(model_type: str, *, score_head: Optional[Mapping[str, Any]] = Non
     def add_sequential_layer(self, desc, name_prefix=""):
         if head is not None and name_prefix == "lm_head":
             desc, name_prefix = pipeline_layer_desc(ScoreHeadPipe, config=self.config, **head), ""
+        elif model_type == "qwen2" and getattr(desc, "layer_func", None) is not None \
+                and desc.layer_func.__name__ in ("Qwen2EmbeddingPipe", "Qwen2DecoderLayerPipe"):
+            desc.layer_func = _positions_third(desc.layer_func)
         return base.add_sequential_layer(self, desc, name_prefix)
 
     name = base.__name__.replace("ForCausalLMPipe", "ForScorePipe" if head is not None else "ForAlignmentPipe")
