@@ -297,3 +297,12 @@ def test_two_node_launch_reward_model_tp2_matches_one_process(runs, tmp_path):
           f"max |weight diff| {weight_diff:.1e}")
     env = (tmp_path / "node1.log" / "envlog.0").read_text()
     assert "PADDLE_TRAINER_ID=1" in env and "PADDLE_TRAINERS_NUM=2" in env  # node 1 ran global rank 1
+
+
+def test_pipeline_ragged_last_batch_does_not_hang(runs, tmp_path):
+    """8 SFT examples in batches of 3 (3, 3, then a short batch of 2) under PP2: no hang, one-process losses."""
+    steps = ("--per_device_train_batch_size", 3, "--max_steps", 3)
+    argv = lambda layout, out: runs.argv("sft", layout, out)[:] + [str(x) for x in steps]  # noqa: E731
+    run_single(SCRIPTS["sft"], argv("single", tmp_path / "single"), tmp_path / "single.log", timeout=TIMEOUT)
+    launch(SCRIPTS["sft"], argv("pp2", tmp_path / "pp2"), tmp_path / "pp2.log", nproc=2, timeout=TIMEOUT)
+    print(f"ragged PP2: loss diff {compare_losses(tmp_path / 'pp2', tmp_path / 'single', steps=(1, 2, 3)):.2e}")
