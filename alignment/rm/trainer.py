@@ -72,14 +72,24 @@ def pair_loss_criterion(reward_args: RewardArguments):
         if scores.ndim == 3:
             scores = scores[..., 0]
         batch = chosen_mask.shape[0]
-        loss, _ = loss_fn(
+        loss, metrics = loss_fn(
             scores[:batch], scores[batch:], chosen_mask, rejected_mask, chosen_ids=chosen_ids,
             rejected_ids=rejected_ids, regularization=reward_args.regularization, margin=margin,
             center_rewards_coefficient=reward_args.center_rewards_coefficient,
         )
+        if not scores.stop_gradient:  # training micro-batches: kept for logging (last stage only)
+            out.metrics.append({k: float(v) for k, v in metrics.items()})
+        else:  # evaluation: the end scores, for the exact eval metrics of ``reward_metrics``
+            from alignment.models.score_model import last_index
+
+            ends = [paddle.take_along_axis(half, last_index(mask).unsqueeze(-1), axis=1).squeeze(-1)
+                    for half, mask in ((scores[:batch], chosen_mask), (scores[batch:], rejected_mask))]
+            out.end_scores.append(paddle.stack(ends, axis=-1).astype("float32").numpy())
         return loss
 
-    return PipeCriterion(criterion)
+    out = PipeCriterion(criterion)
+    out.metrics, out.end_scores = [], []
+    return out
 
 
 PIPELINE_LABELS = ("chosen_attention_mask", "rejected_attention_mask", "chosen_input_ids", "rejected_input_ids",
@@ -132,10 +142,33 @@ class RewardTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
             return loss, {"chosen_end_scores": chosen_end, "rejected_end_scores": rejected_end}
         return loss
 
+    def training_pipeline_step(self, model, inputs):
+        """PaddleNLP's pipeline step, then the last stage's pair metrics, averaged like ``compute_loss``'s."""
+        from alignment.parallel import ParallelStrategy, unwrap_model
+
+        loss = super().training_pipeline_step(model, inputs)
+        criterion = unwrap_model(model).alignment_criterion
+        if not self._pp_data_buffer:  # an optimizer step ran: the cycle's micro-batches were scored
+            strategy = ParallelStrategy.current()
+            records = strategy.broadcast_from_last_stage(criterion.metrics)
+            criterion.metrics.clear()
+            if records:
+                mean = {k: sum(r[k] for r in records) / len(records) for k in records[0]}
+                self.store_metrics(strategy.all_reduce_mean(mean), "train")
+        return loss
+
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         if self.args.pipeline_parallel_degree > 1:  # the last stage computes the loss (eval_batch)
+            from alignment.parallel import ParallelStrategy, unwrap_model
+
             loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
-            return loss, None, None
+            criterion = unwrap_model(model).alignment_criterion
+            ends = ParallelStrategy.current().broadcast_from_last_stage(criterion.end_scores)
+            criterion.end_scores.clear()
+            if prediction_loss_only or not ends:
+                return loss, None, None
+            preds = paddle.to_tensor(np.concatenate(ends, axis=0))
+            return loss, preds, paddle.ones([preds.shape[0]], dtype="int64")
         inputs = self._prepare_inputs(inputs)
         with paddle.no_grad():
             loss, out = self.compute_loss(model, inputs, return_outputs=True)

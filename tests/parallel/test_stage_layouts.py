@@ -203,6 +203,12 @@ def test_layout_reproduces_one_process(runs, stage, layout):
           f"|eval_loss diff| {eval_diff:.1e}, max |weight diff| {weight_diff:.1e} (atol {WEIGHT_ATOL:g})")
     config = json.loads((out / "config.json").read_text())
     assert config.get("tensor_parallel_degree", 1) == 1  # a single-process checkpoint
+    if stage == "rm":  # the pair metrics are logged under every layout (pipeline: from the last stage)
+        for key in ("accuracy", "rewards/margins", "eval_accuracy", "eval_rewards/margins", "eval_rewards_std"):
+            a = [r[key] for r in read_metrics(str(base)) if key in r]
+            b = [r[key] for r in read_metrics(str(out)) if key in r]
+            assert len(a) == len(b) >= 1, (key, a, b)
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=key)
 
 
 def _logits(model, ids, mask):
