@@ -46,7 +46,7 @@ def load_models(model_args: ModelArguments, training_args, *, reference: Optiona
                                padding_side="right")
     common = dict(dtype=dtype, use_flash_attention=model_args.use_flash_attention, tokenizer=tokenizer)
     if training_args.pipeline_parallel_degree > 1:
-        if stage != "dpo":
+        if stage not in ("dpo", "kto"):
             raise ValueError(f"pipeline_parallel_degree > 1 is not available for the {stage} stage (its loss needs "
                              "several forwards per batch); use tensor_parallel_degree and/or sharding")
         if model_args.lora:
