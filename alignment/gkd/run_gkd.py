@@ -40,7 +40,7 @@ def main(argv: Optional[Sequence[str]] = None):
     if not gkd_args.teacher_model_name_or_path:
         raise ArgumentError("teacher_model_name_or_path is required for GKD (a hub name or local path)")
     set_seed(training_args.seed)
-    tokenizer, model, _ = load_models(model_args, training_args, reference=None, need_reference=False, stage="gkd")
+    tokenizer, model, _ = load_models(model_args, training_args, reference=None, need_reference=False)
     teacher = load_causal_lm(gkd_args.teacher_model_name_or_path, dtype=resolve_dtype(training_args),
                              use_flash_attention=model_args.use_flash_attention, tokenizer=tokenizer, frozen=True)
     train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)

@@ -92,8 +92,11 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
         self.jsd = registry.get("distill", "generalized_jsd")
         self._rng = random.Random(args.seed)
         self._source = "dataset"
-        # sampling draws from paddle's default generator; model construction used it a layout-dependent
-        # number of times (split weights are initialised before loading), so restart it here
+        self._student_copy = None
+        if args.pipeline_parallel_degree > 1:
+            self._bind_pipeline(model)
+        # sampling draws from paddle's default generator; building models used it a layout-dependent number
+        # of times (split weights, a generation copy are initialised before loading), so restart it here
         paddle.seed(int(args.seed) + 1000003 * ParallelStrategy.current().data_parallel_rank)
 
     def choose_completions(self, model, inputs: SupervisedBatch) -> SupervisedBatch:
@@ -103,6 +106,11 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
                    pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
         if self._rng.random() < a.lmbda:
             self._source = "student"
+            if self._student_copy is not None:  # pipeline parallel: sample from the refreshed copy
+                if self._copy_stale:
+                    self._student_copy.refresh()
+                    self._copy_stale = False
+                model = self._student_copy.model
             return generate_completions(model, inputs, **gen)
         if a.seq_kd:
             self._source = "teacher"
@@ -114,12 +122,51 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
         inputs = self.choose_completions(self.model, self._prepare_inputs(inputs))  # unwrapped for generate
         return super().training_step(model, inputs, step_control)
 
-    def compute_loss(self, model, inputs, return_outputs: bool = False):
+    # ---------------------------------------------------------------------------------- pipeline parallel
+    def _bind_pipeline(self, model) -> None:
+        """Under pipeline parallelism the student is a PipelineLayer whose last stage computes the JSD (+ NLL)
+        against teacher logits computed for each micro-batch by the (ordinary, tensor-parallel) teacher;
+        on-policy samples come from a tensor-parallel generation copy refreshed after every update."""
+        from alignment.models.pipeline import generation_copy
+
+        model.alignment_criterion.fn = self._pipeline_loss
+        self._student_copy = generation_copy(model, "tensor_parallel", score=False)
+        self._copy_stale = True
+
+    def _pipeline_inputs(self, batches):
+        from alignment.models.pipeline import pipeline_inputs
+
+        batches = batches if isinstance(batches, (list, tuple)) else [batches]
+        micro = []
+        for b in batches:
+            b = dict(b)
+            with paddle.no_grad():
+                b["teacher_logits"] = model_logits(self.teacher_model, b["input_ids"], b["attention_mask"])
+            b["position_ids"] = position_ids_from_mask(b["attention_mask"])
+            micro.append(b)
+        return pipeline_inputs(micro, first=("input_ids", "attention_mask", "position_ids"),
+                               labels=("labels", "teacher_logits"), pad_values={"input_ids": self.pad_token_id})
+
+    def _pipeline_loss(self, student_logits, labels):
+        labels, teacher_logits = labels
+        loss, _ = self._distill_loss(student_logits, teacher_logits, labels)
+        return loss
+
+    def training_pipeline_step(self, model, inputs):
+        model._prepare_pipeline_inputs_func = self._pipeline_inputs
+        loss = super().training_pipeline_step(model, inputs)
+        if not self._pp_data_buffer:  # the optimizer stepped: the generation copy is out of date
+            self._copy_stale = True
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        if self.args.pipeline_parallel_degree > 1:
+            model._prepare_pipeline_inputs_func = self._pipeline_inputs
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def _distill_loss(self, student_logits, teacher_logits, labels):
+        """JSD (+ sft_alpha x NLL) of next-token distributions on the completion tokens; (loss, metrics)."""
         a = self.gkd_args
-        ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-        student_logits = model_logits(model, ids, attention_mask)
-        with paddle.no_grad():
-            teacher_logits = model_logits(self.teacher_model, ids, attention_mask)
         if student_logits.shape[-1] != teacher_logits.shape[-1]:
             raise ValueError(f"student vocabulary ({student_logits.shape[-1]}) and teacher vocabulary "
                              f"({teacher_logits.shape[-1]}) differ; GKD needs one tokenizer")
@@ -131,6 +178,15 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
             nll = -per_token.sum() / paddle.clip(mask.sum(), min=1.0)
             loss = loss + a.sft_alpha * nll
             metrics["nll"] = nll.detach()
+        return loss, metrics
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False):
+        ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        student_logits = model_logits(model, ids, attention_mask)
+        with paddle.no_grad():
+            teacher_logits = model_logits(self.teacher_model, ids, attention_mask)
+        loss, metrics = self._distill_loss(student_logits, teacher_logits, labels)
+        mask = (labels[:, 1:] != IGNORE_INDEX).astype("float32")
         if model.training:
             metrics["on_policy"] = float(self._source == "student")
             metrics["completion_length"] = float(mask.sum(axis=-1).mean())

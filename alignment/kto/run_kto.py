@@ -59,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None):
     )
     set_seed(training_args.seed)
     tokenizer, model, ref_model = load_models(
-        model_args, training_args, reference=kto_args.ref_model, need_reference=True, stage="kto"
+        model_args, training_args, reference=kto_args.ref_model, need_reference=True
     )
     train_ds, eval_ds = build_datasets(UnpairedPreferenceDataset, data_args, tokenizer, training_args.seed)
     check_class_ratio(train_ds, kto_args)

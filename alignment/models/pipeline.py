@@ -29,7 +29,7 @@ import paddle
 from paddle import nn
 
 __all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "stack_pairs", "load_causal_lm_pipe", "load_score_model_pipe",
-           "pipe_class", "is_pipeline_model", "single_architecture"]
+           "pipe_class", "is_pipeline_model", "single_architecture", "generation_copy"]
 
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100, "position_ids": 0}
 
@@ -247,3 +247,26 @@ def pipeline_inputs(
     first_cols = tuple(column(k, to_bool=(k == "attention_mask")) for k in first)
     label_cols = tuple(column(k) for k in labels)
     return [first_cols, label_cols]
+
+
+def generation_copy(pipe_model, mode: str, *, score: bool):
+    """A non-pipeline copy of ``pipe_model`` in layout ``mode`` for rollout and experience scoring."""
+    import copy
+
+    from paddlenlp.transformers import AutoModel, AutoModelForCausalLM
+
+    from alignment.models.score_model import ScoreModel
+    from alignment.parallel import ParallelStrategy
+    from alignment.parallel.reshard import GenerationCopy
+
+    strategy = ParallelStrategy.current()
+    config = copy.deepcopy(pipe_model.config)
+    if mode == "single" or strategy.tensor_parallel_degree == 1:
+        config.tensor_parallel_degree, config.tensor_parallel_rank = 1, 0
+    if score:
+        def build():
+            return ScoreModel(AutoModel.from_config(config), pipe_model.score_config)
+    else:
+        def build():
+            return AutoModelForCausalLM.from_config(config)
+    return GenerationCopy(pipe_model, build, mode=mode, strategy=strategy)

@@ -117,6 +117,8 @@ def build_models(
         reward_model=reward_model, reward_tokenizer=reward_tok,
     )
     if pipeline:
+        from alignment.models.pipeline import generation_copy
+
         mode = args.eval_mode or "tensor_parallel"
         models.actor_copy = generation_copy(actor, mode, score=False)
         models.critic_copy = generation_copy(critic, mode, score=True) if critic is not None else None
@@ -158,26 +160,3 @@ def critic_pipe(path: str, args: PPOArguments, model_args: ModelArgument):
                 w = np.random.RandomState(int(args.seed)).normal(0.0, std, p.shape).astype("float32")
                 p.set_value(paddle.to_tensor(w))
     return model
-
-
-def generation_copy(pipe_model, mode: str, *, score: bool):
-    """A non-pipeline copy of ``pipe_model`` in layout ``mode`` for rollout and experience scoring."""
-    import copy
-
-    from paddlenlp.transformers import AutoModel, AutoModelForCausalLM
-
-    from alignment.models.score_model import ScoreModel
-    from alignment.parallel import ParallelStrategy
-    from alignment.parallel.reshard import GenerationCopy
-
-    strategy = ParallelStrategy.current()
-    config = copy.deepcopy(pipe_model.config)
-    if mode == "single" or strategy.tensor_parallel_degree == 1:
-        config.tensor_parallel_degree, config.tensor_parallel_rank = 1, 0
-    if score:
-        def build():
-            return ScoreModel(AutoModel.from_config(config), pipe_model.score_config)
-    else:
-        def build():
-            return AutoModelForCausalLM.from_config(config)
-    return GenerationCopy(pipe_model, build, mode=mode, strategy=strategy)

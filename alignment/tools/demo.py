@@ -18,7 +18,9 @@
    1 / (N / T) of the config's ``per_device_prompt_batch_size`` and ``per_device_train_batch_size`` so that
    a step still rolls out the same number of prompts and updates on the same mini-batches.
    ``--ppo-nproc 1`` runs the plain single-process ``python alignment/ppo/run_ppo.py ...``. The layout is
-   printed (``PPO layout: ...``) and checked against the ``HybridParallelInfo`` line of ``workerlog.0``;
+   printed before the stage (``PPO layout: 2 processes, tensor_parallel_degree 2 (paddle.distributed.launch)``)
+   and checked after it against the launcher's ``envlog.0`` (world size) and fleet's ``HybridParallelInfo``
+   line in ``workerlog.0`` (degrees); a launch that takes over 30 minutes is stopped as hung;
 5. prints a table of the reward of the policy's responses before and after PPO, the share of responses
    that state a final answer, the PPO layout, and the path of the reward/KL plot.
 
@@ -236,24 +238,38 @@ def ppo_command(layout: PPOLayout, stage_args: Sequence[str], launch_log_dir: Pa
 
 
 _HYBRID = re.compile(r"HybridParallelInfo:.*?mp_degree: (\d+),.*?dp_degree: (\d+)")
+_TRAINERS = re.compile(r"^PADDLE_TRAINERS_NUM=(\d+)$", re.M)
 
 
 def check_launched_layout(layout: PPOLayout, launch_log_dir: Path) -> str:
-    """Compare the layout with what rank 0 reported (fleet's ``HybridParallelInfo`` line in ``workerlog.0``).
+    """Compare the layout with what the launcher and rank 0 report; a note for the printout.
 
-    Returns a note for the printout; raises SystemExit if a rank log is missing or the degrees differ.
+    The world size is ``PADDLE_TRAINERS_NUM`` of ``envlog.0``; the degrees are fleet's ``HybridParallelInfo`` line
+    in ``workerlog.0`` (absent for plain data parallelism, where fleet's hybrid topology is not set up). Raises
+    SystemExit when a rank's log is missing or a reported figure differs from the layout.
     """
     missing = [r for r in range(layout.nproc) if not (launch_log_dir / f"workerlog.{r}").exists()]
     if missing:
         raise SystemExit(f"[demo] PPO: no workerlog for rank(s) {missing} under {launch_log_dir}")
+    seen = []
+    env = launch_log_dir / "envlog.0"
+    world = _TRAINERS.search(env.read_text(encoding="utf-8", errors="replace")) if env.exists() else None
+    if world is not None:
+        if int(world.group(1)) != layout.nproc:
+            raise SystemExit(f"[demo] PPO ran {world.group(1)} processes (envlog.0), expected {layout.nproc}")
+        seen.append(f"{layout.nproc} ranks")
     match = _HYBRID.search((launch_log_dir / "workerlog.0").read_text(encoding="utf-8", errors="replace"))
-    if match is None:
-        return f"(workerlog.0 has no HybridParallelInfo line; {layout.nproc} worker logs)"
-    mp, dp = int(match.group(1)), int(match.group(2))
-    if (mp, dp) != (layout.tensor_parallel, layout.data_parallel):
-        raise SystemExit(f"[demo] PPO ran with mp_degree {mp}, dp_degree {dp} (workerlog.0), expected "
-                         f"{layout.tensor_parallel} and {layout.data_parallel}")
-    return f"(workerlog.0: mp_degree {mp}, dp_degree {dp})"
+    if match is not None:
+        mp, dp = int(match.group(1)), int(match.group(2))
+        if (mp, dp) != (layout.tensor_parallel, layout.data_parallel):
+            raise SystemExit(f"[demo] PPO ran with mp_degree {mp}, dp_degree {dp} (workerlog.0), expected "
+                             f"{layout.tensor_parallel} and {layout.data_parallel}")
+        seen.append(f"mp_degree {mp}, dp_degree {dp}")
+    elif layout.tensor_parallel == 1:
+        seen.append("plain data parallel")
+    else:
+        seen.append("no HybridParallelInfo line in workerlog.0 to check the degrees")
+    return "(" + "; ".join(seen) + ")"
 
 
 def final_answer_share(model_dir: Path, prompts_file: Path, n_prompts: int = 48, max_new_tokens: int = 48,

@@ -29,8 +29,7 @@ def build_datasets(dataset_cls, data_args: DataArguments, tokenizer, seed: int) 
     return train, None
 
 
-def load_models(model_args: ModelArguments, training_args, *, reference: Optional[str], need_reference: bool,
-                stage: str = "dpo"):
+def load_models(model_args: ModelArguments, training_args, *, reference: Optional[str], need_reference: bool):
     """(tokenizer, policy, reference or None) through ``alignment.models.loading``.
 
     The reference is ``reference`` when given, else a frozen copy of the start model; with LoRA and no
@@ -46,9 +45,6 @@ def load_models(model_args: ModelArguments, training_args, *, reference: Optiona
                                padding_side="right")
     common = dict(dtype=dtype, use_flash_attention=model_args.use_flash_attention, tokenizer=tokenizer)
     if training_args.pipeline_parallel_degree > 1:
-        if stage not in ("dpo", "kto"):
-            raise ValueError(f"pipeline_parallel_degree > 1 is not available for the {stage} stage (its loss needs "
-                             "several forwards per batch); use tensor_parallel_degree and/or sharding")
         if model_args.lora:
             raise ValueError("lora with pipeline_parallel_degree > 1 is not supported; use tensor parallelism "
                              "or sharding for LoRA runs")

@@ -27,7 +27,7 @@ def main(model_dir: str, out_dir: str, mode: str) -> None:
 
         model = load_causal_lm(model_dir)
     else:
-        from alignment.ppo.models import generation_copy
+        from alignment.models.pipeline import generation_copy
         from alignment.models.pipeline import PipeCriterion, load_causal_lm_pipe
 
         pipe = load_causal_lm_pipe(model_dir, criterion=PipeCriterion(lambda *a: None))
