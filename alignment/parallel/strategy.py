@@ -332,6 +332,19 @@ class ParallelStrategy:
         if self.distributed:
             dist.barrier()
 
+    def shutdown(self) -> None:
+        """End of a multi-process run: wait for every rank, then tear the process groups down explicitly
+        (leaving gloo groups to interpreter exit has been seen to abort a finished rank)."""
+        if not self.distributed:
+            return
+        dist.barrier()
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # pragma: no cover - teardown only
+            import logging
+
+            logging.getLogger(__name__).warning("destroy_process_group failed at shutdown: %s", e)
+
     def describe(self) -> str:
         """One line: this rank and the layout, e.g. ``rank 1/4: tp 2 x pp 2 x sharding 1 x dp 1``."""
         dp = getattr(self, "data_parallel_degree", self.world_size // max(self.model_parallel_size, 1))

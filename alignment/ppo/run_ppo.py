@@ -80,3 +80,6 @@ def main(argv: Optional[List[str]] = None, *, reward_fn=None):
 
 if __name__ == "__main__":
     main()
+    from alignment.parallel import ParallelStrategy
+
+    ParallelStrategy.current().shutdown()

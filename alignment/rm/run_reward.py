@@ -123,3 +123,6 @@ def main(argv: Optional[Sequence[str]] = None):
 
 if __name__ == "__main__":
     main()
+    from alignment.parallel import ParallelStrategy
+
+    ParallelStrategy.current().shutdown()
