@@ -5,7 +5,8 @@ Each case runs the stage's ``run_*.py`` once in one process and once under ``pad
 (``metrics.jsonl``, LOSS_ATOL) and the single-process checkpoint each run writes (WEIGHT_ATOL, rtol 0).
 
 * DPO-family losses under TP2 and PP2: under PP the policy is a ``PipelineLayer`` whose last stage computes
-  the preference loss; sigmoid and ipo need the reference, whose log-probs are precomputed once.
+  the preference loss; sigmoid and ipo need the reference, whose log-probs are precomputed once. DPO also
+  under sharding stage2.
 * KTO under TP2 and PP2: the KL reference point is averaged over the data-carrying ranks only; under PP
   the completions and KL completions go through the pipeline as 2B rows, scored first by the reference.
 * GKD under TP2 and PP2 with on-policy sampling (lmbda 0.5) against a different teacher: the JSD is computed
@@ -37,8 +38,13 @@ CASES = [
     ("dpo", ("--loss_type", "ipo"), "tp2"), ("dpo", ("--loss_type", "ipo"), "pp2"),
     ("simpo", (), "tp2"), ("simpo", (), "pp2"), ("orpo", (), "tp2"), ("orpo", (), "pp2"),
     ("kto", (), "tp2"), ("kto", (), "pp2"), ("gkd", (), "tp2"), ("gkd", (), "pp2"),
+    # 8 training pairs (a multiple of the global batch 4): a short last batch would be padded differently
+    ("dpo", ("--loss_type", "sigmoid", "--eval_split_ratio", 0.12), "sharding_stage2"),
 ]
-LAYOUT_FLAGS = {"tp2": ("--tensor_parallel_degree", 2), "pp2": ("--pipeline_parallel_degree", 2)}
+LAYOUT_FLAGS = {"tp2": ("--tensor_parallel_degree", 2), "pp2": ("--pipeline_parallel_degree", 2),
+                # sharding ranks carry different data: half the per-device batch keeps the global batch 4
+                "sharding_stage2": ("--sharding_parallel_degree", 2, "--sharding", "stage2",
+                                    "--per_device_train_batch_size", 2)}
 
 
 @pytest.fixture(scope="module")
