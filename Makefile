@@ -27,6 +27,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/dpo_step.py
 	$(PY) bench/ppo_step.py
+	$(PY) bench/parallel.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache log demo_output
