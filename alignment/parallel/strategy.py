@@ -91,6 +91,11 @@ class ParallelStrategy:
                 f"sharding='{self.sharding}' cannot be combined with pipeline_parallel_degree="
                 f"{self.pipeline_parallel_degree}; use sharding='stage1' with pipeline parallelism"
             )
+        if self.tensor_parallel_degree > 1 and self.sharding == "stage3" and self.sharding_parallel_degree > 1:
+            raise ValueError(
+                f"sharding='stage3' cannot be combined with tensor_parallel_degree={self.tensor_parallel_degree} "
+                "(as in PaddleNLP); use sharding='stage1' or 'stage2' with tensor parallelism"
+            )
         self._initialized = False
         self._hcg = None
         self._data_group = None
@@ -406,8 +411,12 @@ class ParallelStrategy:
             level = "os_g" if self.sharding == "stage2" else "p_g_os"
             if self.tensor_parallel_degree > 1:
                 model = fleet.distributed_model(model)
+            dp_group = self._hcg.get_data_parallel_group() if self.data_parallel_degree > 1 else None
+            # stage 3 slices every parameter above segment_size elements; Paddle's default (2**20) leaves
+            # small models (and every matrix below 1M entries) whole on every rank
             model, optimizer, _ = group_sharded_parallel(
-                model, optimizer, level=level, group=self.sharding_parallel_group,
+                model, optimizer, level=level, group=self.sharding_parallel_group, dp_group=dp_group,
+                segment_size=2 ** 15,
             )
             return model, optimizer
         wrapped = fleet.distributed_model(model)

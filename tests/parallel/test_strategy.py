@@ -44,6 +44,8 @@ def test_layout_validation_names_the_degrees_and_world_size():
         ParallelStrategy(sharding="stage4")
     with pytest.raises(ValueError, match="cannot be combined with pipeline_parallel_degree=2"):
         ParallelStrategy(pipeline_parallel_degree=2, sharding_parallel_degree=2, sharding="stage2")
+    with pytest.raises(ValueError, match="sharding='stage3' cannot be combined with tensor_parallel_degree=2"):
+        ParallelStrategy(tensor_parallel_degree=2, sharding_parallel_degree=2, sharding="stage3")
     with pytest.raises(ValueError, match="tensor_parallel_degree must be >= 1"):
         ParallelStrategy(tensor_parallel_degree=-3)
     assert ParallelStrategy(tensor_parallel_degree=-1).tensor_parallel_degree == 1  # PaddleNLP's "unset"
