@@ -1,6 +1,6 @@
-"""``make demo``: the whole RLHF pipeline on a tiny model, on a laptop CPU, with no download.
+r"""``make demo``: the whole RLHF pipeline on a tiny model, on a laptop CPU, with no download.
 
-    python -m alignment.tools.demo [--out demo_output] [--ppo-steps 40] [--ppo-nproc 2] [--ppo-tensor-parallel 2]
+    python -m alignment.tools.demo [--out demo_output] [--ppo-steps 40] [--ppo-nproc N] [--ppo-tensor-parallel T]
 
 1. builds a tiny Llama + SentencePiece tokenizer (``alignment.tools.make_tiny_model``);
 2. SFT on GSM8K question -> worked answer (``alignment/sft/run_sft.py``);
@@ -18,9 +18,10 @@
    1 / (N / T) of the config's ``per_device_prompt_batch_size`` and ``per_device_train_batch_size`` so that
    a step still rolls out the same number of prompts and updates on the same mini-batches.
    ``--ppo-nproc 1`` runs the plain single-process ``python alignment/ppo/run_ppo.py ...``. The layout is
-   printed before the stage (``PPO layout: 2 processes, tensor_parallel_degree 2 (paddle.distributed.launch)``)
-   and checked after it against the launcher's ``envlog.0`` (world size) and fleet's ``HybridParallelInfo``
-   line in ``workerlog.0`` (degrees); a launch that takes over 30 minutes is stopped as hung;
+   printed before the stage (``PPO layout: 2 processes, tensor_parallel_degree 2
+   (paddle.distributed.launch)``) and checked after it against the launcher's ``envlog.0`` (world size) and
+   fleet's ``HybridParallelInfo`` line in ``workerlog.0`` (degrees); a launch that takes over 30 minutes is
+   stopped as hung;
 5. prints a table of the reward of the policy's responses before and after PPO, the share of responses
    that state a final answer, the PPO layout, and the path of the reward/KL plot.
 
@@ -114,7 +115,8 @@ def failure_message(stage: str, returncode: Optional[int], log: Path, worker_log
     if worker_log_dir is not None:
         workers = _worker_logs(worker_log_dir)
         if not workers:
-            parts.append(f"[demo] no workerlog.N under {worker_log_dir}: the launcher failed before starting the workers")
+            parts.append(f"[demo] no workerlog.N under {worker_log_dir}: "
+                         "the launcher failed before starting the workers")
         for w in workers:
             parts.append(f"[demo] last lines of {w}:\n{_tail(w, worker_lines)}")
     return "\n".join(parts)
@@ -152,8 +154,8 @@ def _run(stage: str, args: Sequence[str], log_dir: Path, *, worker_log_dir: Opti
     print(f"[demo] {stage}: python {' '.join(map(str, args))}  (log: {log})", flush=True)
     returncode: Optional[int] = None
     with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
             returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -167,7 +169,8 @@ def _run(stage: str, args: Sequence[str], log_dir: Path, *, worker_log_dir: Opti
 
 @dataclass(frozen=True)
 class PPOLayout:
-    """How the PPO stage runs: ``nproc`` processes, tensor parallel ``tensor_parallel``, the rest data parallel.
+    """How the PPO stage runs: ``nproc`` processes, ``tensor_parallel``-way tensor parallel, the rest data
+    parallel.
 
     ``prompt_batch`` / ``train_batch`` are the per-device batch sizes passed to each rank: the config's values
     divided by the data-parallel degree, so the global batch (prompts per step, rows per update) is the
@@ -204,8 +207,9 @@ class PPOLayout:
         return f"{self.nproc} procs, TP{self.tensor_parallel}{dp}"
 
 
-def plan_ppo_layout(nproc: int, tensor_parallel: Optional[int] = None, config: Path = ROOT / PPO_CONFIG) -> PPOLayout:
-    """Check ``--ppo-nproc`` / ``--ppo-tensor-parallel`` and split the config's batches; ValueError says why not."""
+def plan_ppo_layout(nproc: int, tensor_parallel: Optional[int] = None,
+                    config: Path = ROOT / PPO_CONFIG) -> PPOLayout:
+    """Check ``--ppo-nproc`` / ``--ppo-tensor-parallel``, split the config's batches; ValueError says why not."""
     if nproc < 1:
         raise ValueError(f"--ppo-nproc must be >= 1, got {nproc}")
     tp = min(2, nproc) if tensor_parallel is None else tensor_parallel
@@ -217,8 +221,8 @@ def plan_ppo_layout(nproc: int, tensor_parallel: Optional[int] = None, config: P
     dp = nproc // tp
     if prompts % dp or rows % dp:
         raise ValueError(
-            f"--ppo-nproc {nproc} / --ppo-tensor-parallel {tp} leaves {dp} data-parallel ranks, which must divide "
-            f"the global batch of {config.name} (per_device_prompt_batch_size {prompts}, "
+            f"--ppo-nproc {nproc} / --ppo-tensor-parallel {tp} leaves {dp} data-parallel ranks, "
+            f"which must divide the global batch of {config.name} (per_device_prompt_batch_size {prompts}, "
             f"per_device_train_batch_size {rows})"
         )
     return PPOLayout(nproc, tp, prompts // dp, rows // dp, prompts)
@@ -244,9 +248,9 @@ _TRAINERS = re.compile(r"^PADDLE_TRAINERS_NUM=(\d+)$", re.M)
 def check_launched_layout(layout: PPOLayout, launch_log_dir: Path) -> str:
     """Compare the layout with what the launcher and rank 0 report; a note for the printout.
 
-    The world size is ``PADDLE_TRAINERS_NUM`` of ``envlog.0``; the degrees are fleet's ``HybridParallelInfo`` line
-    in ``workerlog.0`` (absent for plain data parallelism, where fleet's hybrid topology is not set up). Raises
-    SystemExit when a rank's log is missing or a reported figure differs from the layout.
+    The world size is ``PADDLE_TRAINERS_NUM`` of ``envlog.0``; the degrees are fleet's ``HybridParallelInfo``
+    line in ``workerlog.0`` (absent for plain data parallelism, where fleet's hybrid topology is not set up).
+    Raises SystemExit when a rank's log is missing or a reported figure differs from the layout.
     """
     missing = [r for r in range(layout.nproc) if not (launch_log_dir / f"workerlog.{r}").exists()]
     if missing:
@@ -317,10 +321,10 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--rm-steps", type=int, default=150)
     parser.add_argument("--ppo-steps", type=int, default=40)
     parser.add_argument("--ppo-nproc", type=int, default=2,
-                        help="processes of the PPO stage (paddle.distributed.launch); 1 = plain single process")
+                        help="processes of the PPO stage (paddle.distributed.launch); 1 = one plain process")
     parser.add_argument("--ppo-tensor-parallel", type=int, default=None,
-                        help="tensor_parallel_degree of the PPO stage, dividing --ppo-nproc (default 2, 1 when "
-                             "--ppo-nproc is 1); the other ranks are data parallel, the global batch unchanged")
+                        help="tensor_parallel_degree of the PPO stage, dividing --ppo-nproc (default 2, 1 "
+                             "when --ppo-nproc is 1); the other ranks are data parallel, same global batch")
     args = parser.parse_args(argv)
     try:
         layout = plan_ppo_layout(args.ppo_nproc, args.ppo_tensor_parallel)
@@ -375,8 +379,8 @@ def main(argv: List[str] | None = None) -> None:
         timeout=LAUNCH_TIMEOUT_S if layout.launched else None,
     )
     if layout.launched:
-        print(f"[demo] PPO layout confirmed {check_launched_layout(layout, launch_log)}; worker logs: {launch_log}",
-              flush=True)
+        confirmed = check_launched_layout(layout, launch_log)
+        print(f"[demo] PPO layout confirmed {confirmed}; worker logs: {launch_log}", flush=True)
 
     shares = {"SFT": final_answer_share(sft_dir, data["prompts"]),
               "PPO": final_answer_share(ppo_dir / "policy", data["prompts"])}
