@@ -420,8 +420,10 @@ class ParallelStrategy:
             )
             return model, optimizer
         wrapped = fleet.distributed_model(model)
-        if hasattr(wrapped, "accumulate_steps"):
+        if hasattr(wrapped, "accumulate_steps") and wrapped.accumulate_steps != int(accumulate_steps):
             wrapped.accumulate_steps = int(accumulate_steps)
+            if hasattr(wrapped, "_init_user_hooks"):  # per-micro-step hook slots are sized at wrap time
+                wrapped._init_user_hooks()
         return wrapped, fleet.distributed_optimizer(optimizer)
 
     unwrap = staticmethod(unwrap_model)

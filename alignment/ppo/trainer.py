@@ -97,8 +97,10 @@ class PPOTrainer:
         )
         # tensor / sharding layouts wrap a trainable model together with its optimizer
         gas = args.gradient_accumulation_steps
+        # pipeline parallel with ptx: a ptx micro-batch follows each rollout micro-batch in one train_batch
+        actor_steps = gas * (2 if self.ptx is not None else 1)
         models.actor, self.actor_optimizer = self.strategy.wrap_model_and_optimizer(
-            models.actor, self.actor_optimizer, accumulate_steps=gas)
+            models.actor, self.actor_optimizer, accumulate_steps=actor_steps)
         if models.critic is not None:
             models.critic, self.critic_optimizer = self.strategy.wrap_model_and_optimizer(
                 models.critic, self.critic_optimizer, accumulate_steps=gas)

@@ -94,11 +94,26 @@ def ptx_loss(model: paddle.nn.Layer, batch: SupervisedBatch) -> paddle.Tensor:
         position_ids=batch.get("position_ids"),
         return_dict=True,
     )
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    labels = batch["labels"][:, 1:]
+    return ptx_nll_from_logits(out.logits if hasattr(out, "logits") else out[0], batch["labels"])
+
+
+def ptx_nll_from_logits(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+    """``ptx_loss`` from logits (B, L, V) already computed (a pipeline's last stage); labels (B, L) unshifted."""
+    labels = labels[:, 1:]
     mask = (labels != IGNORE_INDEX).astype("float32")
-    logps = gather_logps(logits[:, :-1], labels)
-    return -masked_mean(logps, mask)
+    return -masked_mean(gather_logps(logits[:, :-1], labels), mask)
+
+
+def _pad_cols(t: paddle.Tensor, width: int, value) -> paddle.Tensor:
+    """``t`` (B, L) right-padded to ``width`` columns with ``value``; None: left as it is."""
+    if value is None or t.ndim != 2 or t.shape[1] >= width:
+        return t
+    return paddle.concat([t, paddle.full([t.shape[0], width - t.shape[1]], value, dtype=t.dtype)], axis=1)
+
+
+def _positions(attention_mask: paddle.Tensor) -> paddle.Tensor:
+    mask = attention_mask.astype("int64")
+    return paddle.clip(paddle.cumsum(mask, axis=-1) - 1, min=0)
 
 
 def _flat(metrics: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:
@@ -135,11 +150,9 @@ class PPOUpdater:
         self.strategy = strategy
         self.pipeline = strategy is not None and strategy.pipeline_parallel_degree > 1
         if self.pipeline:
-            if settings.ptx_coeff > 0:
-                raise ValueError("ptx_coeff > 0 with pipeline_parallel_degree > 1 is not supported; set ptx_coeff 0 "
-                                 "or use tensor parallelism / sharding for runs with a ptx loss")
             self._pp_metrics: List[Dict[str, float]] = []
             self._prompt_length = 0
+            self._ptx_in_pipeline = False
             _criterion(actor).fn = self._pipeline_actor_loss
             if critic is not None:
                 _criterion(critic).fn = self._pipeline_critic_loss
@@ -208,7 +221,7 @@ class PPOUpdater:
             self.critic.train()
         micro = exp.split(self.micro_batch_size)
         if self.pipeline:
-            return self._update_pipeline(micro)
+            return self._update_pipeline(micro, ptx_batches)
         for _ in range(self.update_iters):
             for k, mb in enumerate(micro):
                 loss, metrics = self.actor_loss(mb)
@@ -235,12 +248,19 @@ class PPOUpdater:
 
     # ------------------------------------------------------------------ pipeline parallel
     def _pipeline_actor_loss(self, logits, labels):
-        sequences, response_mask, old_logps, advantages, ref_logps = labels
+        kind, sequences, response_mask, old_logps, advantages, ref_logps = labels
+        # with ptx, each optimizer step runs 2 x gas micro-batches (rollout and ptx alternate) and the pipeline
+        # divides by that count: scaling by 2 keeps the one-process sum over gas micro-batches / gas
+        scale = 2.0 if self._ptx_in_pipeline else 1.0
+        if int(kind.reshape([-1])[0]) == 1:  # a ptx micro-batch: ``sequences`` holds its (unshifted) labels
+            ptx = ptx_nll_from_logits(logits, sequences)
+            self._pp_metrics.append({"ptx_loss": float(ptx)})
+            return scale * self.s.ptx_coeff * ptx
         mb = _MicroBatch(sequences=sequences, response_mask=response_mask, old_logps=old_logps,
                          advantages=advantages, ref_logps=ref_logps, prompt_length=self._prompt_length)
         loss, metrics = self.actor_loss_from_logits(logits, mb)
         self._pp_metrics.append({k: float(v.astype("float32").mean()) for k, v in metrics.items()})
-        return loss
+        return scale * loss
 
     def _pipeline_critic_loss(self, scores, labels):
         response_mask, values, returns = labels
@@ -250,24 +270,44 @@ class PPOUpdater:
         self._pp_metrics.append({k: float(v.astype("float32").mean()) for k, v in metrics.items()})
         return loss
 
-    def _update_pipeline(self, micro: List[Experience]) -> Dict[str, float]:
+    def _update_pipeline(self, micro: List[Experience], ptx_batches=None) -> Dict[str, float]:
         if len(micro) % self.gas:
             raise ValueError(f"pipeline parallel: {len(micro)} micro-batches per rollout are not a multiple of "
                              f"gradient_accumulation_steps={self.gas}")
         self._prompt_length = micro[0].prompt_length
         self._pp_metrics = []
         zeros = [paddle.zeros_like(mb.old_logps) for mb in micro]
+        self._ptx_in_pipeline = ptx_batches is not None and self.s.ptx_coeff > 0
+        kind = {0: paddle.zeros([1], dtype="int64"), 1: paddle.ones([1], dtype="int64")}
         for _ in range(self.update_iters):
             for g in range(0, len(micro), self.gas):
                 group = micro[g:g + self.gas]
-                inputs = ([mb.sequences for mb in group], [mb.attention_mask.astype("bool") for mb in group],
-                          [mb.position_ids for mb in group])
-                refs = [mb.ref_logps if mb.ref_logps is not None else zeros[g + i] for i, mb in enumerate(group)]
-                labels = ([mb.sequences for mb in group], [mb.response_mask for mb in group],
-                          [mb.old_logps for mb in group], [mb.advantages for mb in group], refs)
+                rows = []  # (input_ids, mask, position_ids, labels...) per micro-batch, ptx after each rollout one
+                for i, mb in enumerate(group):
+                    ref = mb.ref_logps if mb.ref_logps is not None else zeros[g + i]
+                    rows.append((mb.sequences, mb.attention_mask, mb.position_ids, kind[0], mb.sequences,
+                                 mb.response_mask, mb.old_logps, mb.advantages, ref))
+                    if self._ptx_in_pipeline:
+                        batch = next(ptx_batches)
+                        pos = batch.get("position_ids")
+                        pos = pos if pos is not None else _positions(batch["attention_mask"])
+                        dummy = paddle.zeros([1, 1], dtype="float32")
+                        rows.append((batch["input_ids"], batch["attention_mask"], pos, kind[1], batch["labels"],
+                                     dummy, dummy, dummy, dummy))
+                # one sequence length per cycle: a stage sizes its receive buffers from the shapes in flight
+                width = max(int(r[0].shape[1]) for r in rows)
+                pads = (0, 0, 0, None, 0, None, None, None, None)
+                pads_ptx = (0, 0, 0, None, IGNORE_INDEX, None, None, None, None)
+                rows = [tuple(_pad_cols(t, width, (pads_ptx if int(r[3]) == 1 else pads)[j])
+                              for j, t in enumerate(r)) for r in rows]
+                columns = list(zip(*rows))
+                inputs = (list(columns[0]), [m.astype("bool") for m in columns[1]], list(columns[2]))
+                labels = tuple(list(c) for c in columns[3:])
                 self.actor.train_batch([inputs, labels], self.actor_optimizer)
                 _advance_schedule(self.actor_optimizer)
-                if self.critic is not None:
+                if self.critic is not None:  # the rollout micro-batches only
+                    inputs = ([mb.sequences for mb in group], [mb.attention_mask.astype("bool") for mb in group],
+                              [mb.position_ids for mb in group])
                     labels = ([mb.response_mask for mb in group], [mb.values for mb in group],
                               [mb.returns for mb in group])
                     self.critic.train_batch([inputs, labels], self.critic_optimizer)

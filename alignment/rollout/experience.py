@@ -181,8 +181,9 @@ def response_logps(
 def logits_response_logps(logits: paddle.Tensor, sequences: paddle.Tensor, prompt_length: int,
                           response_mask: paddle.Tensor, temperature: float = 1.0, return_logits: bool = False):
     """``response_logps`` from the full-sequence logits (N, T, V) already computed (a pipeline's last stage)."""
-    logits = logits[:, prompt_length - 1 : -1]
-    logps = gather_logps(logits, sequences[:, prompt_length:], temperature)
+    width = response_mask.shape[1]  # R; columns past P + R (padding added by a pipeline cycle) are ignored
+    logits = logits[:, prompt_length - 1 : prompt_length - 1 + width]
+    logps = gather_logps(logits, sequences[:, prompt_length : prompt_length + width], temperature)
     logps = logps * response_mask.astype(logps.dtype)
     if return_logits:
         return logps, (logits / temperature if temperature != 1.0 else logits)
@@ -211,7 +212,8 @@ def response_values(
 
 def scores_response_values(scores: paddle.Tensor, prompt_length: int, response_mask: paddle.Tensor) -> paddle.Tensor:
     """``response_values`` from per-token scores (N, T) already computed (a pipeline's last stage)."""
-    values = scores.astype("float32")[:, prompt_length - 1 : -1]
+    width = response_mask.shape[1]
+    values = scores.astype("float32")[:, prompt_length - 1 : prompt_length - 1 + width]
     return values * response_mask.astype(values.dtype)
 
 

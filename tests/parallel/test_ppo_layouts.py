@@ -13,7 +13,8 @@ and <= 3.2e-6 for the value model; metrics within 3e-7).
   generation copy refreshed each step (``reshard_seconds`` / ``reshard_bytes`` are logged);
 * sharding stage2 (data world 2: half the per-device prompt and train batches against one process with one
   8-row micro-batch, greedy decoding so both ranks' samples are those of one process);
-* TP2 x PP2 (4 processes, slow) and GRPO under TP2;
+* TP2 x PP2 (4 processes, slow), GRPO under TP2, and PP2 with a ptx loss and 2 accumulated micro-batches
+  (ptx micro-batches ride in the actor's ``train_batch``, padded to the cycle's sequence length);
 * the resharded copy generates token for token what the single-process model generates (greedy and
   sampled), for ``eval_mode`` tensor_parallel (PP2) and single (TP2 x PP2, slow);
 * a TP2 run resumed from its step-1 checkpoint under TP2 continues the uninterrupted run.
@@ -38,7 +39,7 @@ METRIC_RTOL, METRIC_ATOL = 1e-4, 1e-5
 WEIGHT_ATOL = 2e-4
 # clip fractions are counts: one token on the clip boundary may flip between layouts, so they are not compared
 COMPARED = ("reward", "kl_divergence", "actor_loss", "critic_loss", "pg_loss", "returns", "values", "advantages",
-            "response_length", "actor_ratio_mean", "actor_approx_kl")
+            "response_length", "actor_ratio_mean", "actor_approx_kl", "ptx_loss")
 WORDS = "apple banana cherry dog egg fish grape house ice juice kite lemon moon nest orange pear".split()
 
 
@@ -53,6 +54,10 @@ def ppo_inputs(tiny_model_dir, tmp_path_factory):
     with open(prompts, "w") as f:
         for i in range(32):
             f.write(json.dumps({"prompt": f"{' '.join(rng.choice(WORDS, 4))} {i}"}) + "\n")
+    with open(root / "ptx.jsonl", "w") as f:
+        for i in range(16):
+            f.write(json.dumps({"instruction": f"say {WORDS[i]}", "input": "", "output": f"{WORDS[i]} {WORDS[-1 - i]}"})
+                    + "\n")
     paddle.seed(3)
     rm = root / "rm"
     ScoreModel.from_pretrained(str(tiny_model_dir), score_type="reward", init_score_head=True).save_pretrained(str(rm))
@@ -82,6 +87,7 @@ def _run(name, nproc, extra, tiny_model_dir, ppo_inputs, root):
     if name not in _RUNS:
         prompts, rm = ppo_inputs
         out = root / name
+        extra = tuple(f"json:1.0:{prompts.with_name('ptx.jsonl')}" if x == "PTX" else x for x in extra)
         argv = _argv(tiny_model_dir, rm, prompts, out, *extra)
         if nproc == 1:
             run_single(SCRIPT, argv, root / f"{name}.log")
@@ -118,10 +124,14 @@ LAYOUTS = {
     "sharding_stage2": (2, ("--sharding_parallel_degree", 2, "--sharding", "stage2", "--top_k", 1,
                             "--per_device_prompt_batch_size", 2, "--per_device_train_batch_size", 4), "greedy"),
     "tp2xpp2": (4, ("--tensor_parallel_degree", 2, "--pipeline_parallel_degree", 2), "single"),
+    # ptx micro-batches interleaved with the rollout ones in each train_batch, 2 micro-batches per step
+    "pp2_ptx_gas2": (2, ("--pipeline_parallel_degree", 2, "--ptx_datasets", "PTX", "--ptx_coeff", 0.5,
+                         "--gradient_accumulation_steps", 2), "ptx_gas2"),
     "grpo_tp2": (2, ("--rl_algorithm", "grpo", "--num_return_sequences", 4, "--tensor_parallel_degree", 2),
                  "grpo"),
 }
-BASELINES = {"single": (), "greedy": ("--top_k", 1, "--per_device_train_batch_size", 8), "grpo": ("--rl_algorithm", "grpo", "--num_return_sequences", 4)}
+BASELINES = {"ptx_gas2": ("--ptx_datasets", "PTX", "--ptx_coeff", 0.5, "--gradient_accumulation_steps", 2),
+             "single": (), "greedy": ("--top_k", 1, "--per_device_train_batch_size", 8), "grpo": ("--rl_algorithm", "grpo", "--num_return_sequences", 4)}
 
 
 @pytest.mark.parametrize("layout", [pytest.param(k, marks=pytest.mark.slow) if k == "tp2xpp2" else k
@@ -134,6 +144,8 @@ def test_ppo_layout_matches_one_process(layout, tiny_model_dir, ppo_inputs, tmp_
     other = _run(layout, nproc, flags, tiny_model_dir, ppo_inputs, root)
     _compare(single, other, layout, critic=baseline != "grpo")
     if layout.startswith("pp2") or layout == "tp2xpp2":
+        if "ptx" in layout:
+            assert all("ptx_loss" in r for r in _records(other))
         records = _records(other)
         assert all(r["reshard_bytes"] > 0 and r["reshard_seconds"] > 0 for r in records)
 
