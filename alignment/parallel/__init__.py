@@ -3,7 +3,8 @@
 ``ParallelStrategy`` (strategy.py) owns the tensor / pipeline / sharding / data-parallel groups, wraps
 models and optimizers, reduces metrics over the data-carrying ranks and answers rank questions.
 ``compat`` fills in what fleet's layers need on CPU builds; ``vocab`` holds the vocabulary-parallel
-reductions; ``checkpoint`` turns a parallel model back into one single-process state dict.
+reductions; ``checkpoint`` turns a parallel model back into one single-process state dict; ``reshard``
+keeps the ``eval_mode`` generation copy of a pipeline-parallel model.
 """
 
 from .strategy import ParallelStrategy, masked_moments, unwrap_model

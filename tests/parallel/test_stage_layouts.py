@@ -69,7 +69,8 @@ LAYOUTS: Dict[str, Layout] = {
 }
 BATCH = {"sft": (4, 2), "rm": (4, 4)}  # (train, eval) batch of one process; divided by the data world
 # the SFT TP2 run also saves step checkpoints (saving does not change the run) for the resume test
-EXTRA = {("sft", "tp2"): ("--save_strategy", "steps", "--save_steps", 2)}
+EXTRA = {("sft", "tp2"): ("--save_strategy", "steps", "--save_steps", 2),
+         ("sft", "tp2xpp2"): ("--save_strategy", "steps", "--save_steps", 2)}
 
 
 def _free_port() -> int:
@@ -278,6 +279,22 @@ def test_sft_resume_under_tp2_continues_the_tp2_run(runs, tmp_path):
     loss_diff = compare_losses(resumed, full, steps=(3, 4))
     weight_diff = compare_weights(resumed, full)
     print(f"sft TP2 resumed at step 2 vs uninterrupted TP2: max |loss diff| steps 3-4 {loss_diff:.1e}, "
+          f"max |weight diff| {weight_diff:.1e}")
+
+
+@pytest.mark.slow
+def test_sft_resume_under_tp2xpp2_continues_the_run(runs, tmp_path):
+    """The TP2 x PP2 run (4 processes) saves per-rank shards at step 2; resuming under TP2 x PP2 continues it."""
+    full = runs.get("sft", "tp2xpp2")
+    checkpoint = full / "checkpoint-2"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {f"model_state.tp0{t}_pp0{p}.pdparams" for t in (0, 1) for p in (0, 1)} <= names, sorted(names)
+    resumed = tmp_path / "resumed"
+    launch(SCRIPTS["sft"], runs.argv("sft", "tp2xpp2", resumed) + ["--resume_from_checkpoint", checkpoint],
+           tmp_path / "log", nproc=4, timeout=TIMEOUT)
+    loss_diff = compare_losses(resumed, full, steps=(3, 4))
+    weight_diff = compare_weights(resumed, full)
+    print(f"sft TP2xPP2 resumed at step 2 vs uninterrupted: max |loss diff| steps 3-4 {loss_diff:.1e}, "
           f"max |weight diff| {weight_diff:.1e}")
 
 
