@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import paddle
 from paddle import nn
 
-__all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "stack_pairs", "load_causal_lm_pipe", "load_score_model_pipe",
+__all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "stack_pairs", "pad_columns", "load_causal_lm_pipe", "load_score_model_pipe",
            "pipe_class", "is_pipeline_model", "single_architecture", "generation_copy"]
 
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100, "position_ids": 0}
@@ -203,8 +203,9 @@ def stack_pairs(batch: Mapping[str, paddle.Tensor], first: str = "chosen", secon
     return out
 
 
-def _pad(t: paddle.Tensor, length: int, value: int) -> paddle.Tensor:
-    if t.ndim < 2 or t.shape[1] == length:
+def pad_columns(t: paddle.Tensor, length: int, value) -> paddle.Tensor:
+    """``t`` (B, L, ...) right-padded along axis 1 to ``length`` with ``value`` (unchanged if 1-D or long enough)."""
+    if t.ndim < 2 or t.shape[1] >= length:
         return t
     pad = paddle.full([t.shape[0], length - t.shape[1], *t.shape[2:]], value, dtype=t.dtype)
     return paddle.concat([t, pad], axis=1)
@@ -238,7 +239,7 @@ def pipeline_inputs(
         for b in batches:
             t = b.get(key)
             if t is not None and key in seq_keys:
-                t = _pad(t, length, pads.get(key, 0))
+                t = pad_columns(t, length, pads.get(key, 0))
             if t is not None and to_bool:
                 t = t.astype("bool")
             out.append(t)

@@ -66,6 +66,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "has_score_head",
     "save_score_checkpoint",
+    "seed_score_head",
 ]
 
 SCORE_TYPES = ("reward", "cost", "critic")
@@ -441,10 +442,7 @@ class ScoreModel(paddle.nn.Layer):
             model.load_head_state(tensors, source=head_file)
         else:
             if head_seed is not None:
-                std = float(getattr(config, "initializer_range", 0.02) or 0.02)
-                w = np.random.RandomState(int(head_seed)).normal(0.0, std, model.score_head.weight.shape)
-                model.score_head.weight.set_value(paddle.to_tensor(w.astype("float32")).astype(
-                    model.score_head.weight.dtype))
+                seed_score_head(model.score_head.weight, config, head_seed)
             logger.info("%s: initialised a new score head (init_score_head=True)", name_or_path)
         model.eval()  # as PaddleNLP / HF models: a stray forward must not update the normaliser
         return model
@@ -485,6 +483,14 @@ def _score_config_dict(backbone_config, score_config: ScoreConfig, norm: Dict[st
         family = family[: -len(suffix)] if family.endswith(suffix) else family
     d["architectures"] = [f"{family}ForScore"]
     return d
+
+
+def seed_score_head(weight: paddle.Tensor, config, seed: int) -> None:
+    """Redraw a new score head's weight (H, D) from normal(0, initializer_range) with numpy seed ``seed``:
+    the same head under every parallel layout, whatever paddle's random stream has been used for."""
+    std = float(getattr(config, "initializer_range", 0.02) or 0.02)
+    w = np.random.RandomState(int(seed)).normal(0.0, std, weight.shape).astype("float32")
+    weight.set_value(paddle.to_tensor(w).astype(weight.dtype))
 
 
 def normalizer_tensors(name_or_path: str, score_config: ScoreConfig) -> Dict[str, paddle.Tensor]:

@@ -87,7 +87,7 @@ class GenerationCopy:
         if s.pipeline_parallel_degree > 1:
             parts: list = []
             dist.all_gather_object(parts, mine, group=s.pipeline_parallel_group)
-            for rank, part in enumerate(parts):
+            for part in parts:
                 for k, v in part.items():
                     if k not in full:
                         full[k] = v

@@ -140,11 +140,8 @@ def actor_pipe(path: str, args: PPOArguments, model_args: ModelArgument):
 
 def critic_pipe(path: str, args: PPOArguments, model_args: ModelArgument):
     """The critic as pipeline stages with a score head; an LM checkpoint gets a new, seeded head."""
-    import numpy as np
-    import paddle
-
     from alignment.models.pipeline import PipeCriterion, load_score_model_pipe
-    from alignment.models.score_model import ScoreConfig, has_score_head, normalizer_tensors
+    from alignment.models.score_model import ScoreConfig, has_score_head, normalizer_tensors, seed_score_head
 
     model = load_score_model_pipe(
         path, criterion=PipeCriterion(_unbound), dtype="float32", use_flash_attention=model_args.use_flash_attention,
@@ -156,7 +153,5 @@ def critic_pipe(path: str, args: PPOArguments, model_args: ModelArgument):
     if not has_score_head(path):  # the same new head as ScoreModel.from_pretrained(head_seed=args.seed)
         for name, p in model.named_parameters():
             if name.endswith("score_head.weight"):
-                std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
-                w = np.random.RandomState(int(args.seed)).normal(0.0, std, p.shape).astype("float32")
-                p.set_value(paddle.to_tensor(w))
+                seed_score_head(p, model.config, args.seed)
     return model

@@ -27,9 +27,11 @@ from alignment.algorithms import registry
 from alignment.algorithms.policy import entropy_bonus, kl_penalty_loss
 from alignment.algorithms.utils import gather_logps, masked_mean
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
+from alignment.models.pipeline import pad_columns
 from alignment.rollout import (
     Experience,
     logits_response_logps,
+    make_position_ids,
     response_logps,
     response_values,
     scores_response_values,
@@ -104,16 +106,7 @@ def ptx_nll_from_logits(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.
     return -masked_mean(gather_logps(logits[:, :-1], labels), mask)
 
 
-def _pad_cols(t: paddle.Tensor, width: int, value) -> paddle.Tensor:
-    """``t`` (B, L) right-padded to ``width`` columns with ``value``; None: left as it is."""
-    if value is None or t.ndim != 2 or t.shape[1] >= width:
-        return t
-    return paddle.concat([t, paddle.full([t.shape[0], width - t.shape[1]], value, dtype=t.dtype)], axis=1)
 
-
-def _positions(attention_mask: paddle.Tensor) -> paddle.Tensor:
-    mask = attention_mask.astype("int64")
-    return paddle.clip(paddle.cumsum(mask, axis=-1) - 1, min=0)
 
 
 def _flat(metrics: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:
@@ -290,7 +283,7 @@ class PPOUpdater:
                     if self._ptx_in_pipeline:
                         batch = next(ptx_batches)
                         pos = batch.get("position_ids")
-                        pos = pos if pos is not None else _positions(batch["attention_mask"])
+                        pos = pos if pos is not None else make_position_ids(batch["attention_mask"])
                         dummy = paddle.zeros([1, 1], dtype="float32")
                         rows.append((batch["input_ids"], batch["attention_mask"], pos, kind[1], batch["labels"],
                                      dummy, dummy, dummy, dummy))
@@ -298,8 +291,8 @@ class PPOUpdater:
                 width = max(int(r[0].shape[1]) for r in rows)
                 pads = (0, 0, 0, None, 0, None, None, None, None)
                 pads_ptx = (0, 0, 0, None, IGNORE_INDEX, None, None, None, None)
-                rows = [tuple(_pad_cols(t, width, (pads_ptx if int(r[3]) == 1 else pads)[j])
-                              for j, t in enumerate(r)) for r in rows]
+                rows = [tuple(t if v is None else pad_columns(t, width, v)
+                              for t, v in zip(r, pads_ptx if int(r[3]) == 1 else pads)) for r in rows]
                 columns = list(zip(*rows))
                 inputs = (list(columns[0]), [m.astype("bool") for m in columns[1]], list(columns[2]))
                 labels = tuple(list(c) for c in columns[3:])

@@ -14,8 +14,8 @@ Same global batches everywhere: tensor and pipeline ranks share their data, shar
 data (data-parallel world 2), so sharding runs use half the per-device batch.
 
 Also here: the TP2 x PP2 checkpoints load in one process and give the baseline's logits / scores and the
-in-run eval loss; an SFT run under TP2 resumed from its step-2 checkpoint under TP2 continues the
-uninterrupted run; two ``--nnodes 2`` launchers on loopback (one process each) run the reward model with
+in-run eval loss; an SFT run under TP2 (and TP2 x PP2) resumed from its step-2 checkpoint under the same
+layout continues the uninterrupted run; two ``--nnodes 2`` launchers on loopback (one process each) run the reward model with
 tensor parallel 2 across the "nodes" and match one process. Measured differences are printed (pytest -s).
 """
 
@@ -68,7 +68,7 @@ LAYOUTS: Dict[str, Layout] = {
     "tp2xpp2": Layout(4, ("--tensor_parallel_degree", 2, "--pipeline_parallel_degree", 2)),
 }
 BATCH = {"sft": (4, 2), "rm": (4, 4)}  # (train, eval) batch of one process; divided by the data world
-# the SFT TP2 run also saves step checkpoints (saving does not change the run) for the resume test
+# the SFT TP2 and TP2 x PP2 runs also save step checkpoints (saving does not change a run) for the resume test
 EXTRA = {("sft", "tp2"): ("--save_strategy", "steps", "--save_steps", 2),
          ("sft", "tp2xpp2"): ("--save_strategy", "steps", "--save_steps", 2)}
 
@@ -266,35 +266,24 @@ def test_tp2xpp2_checkpoint_loads_in_one_process(runs, stage, tmp_path, monkeypa
     assert abs(reloaded_eval - in_run_eval) <= LOSS_ATOL, (reloaded_eval, in_run_eval)
 
 
-def test_sft_resume_under_tp2_continues_the_tp2_run(runs, tmp_path):
-    """The TP2 layout run saves at step 2; a second TP2 run from checkpoint-2 gives the same steps 3-4."""
-    full = runs.get("sft", "tp2")
-    checkpoint = full / "checkpoint-2"
-    for name in ("model_state.tp00.pdparams", "model_state.tp01.pdparams", "optimizer.tp00.pdopt",
-                 "optimizer.tp01.pdopt"):
-        assert (checkpoint / name).exists(), sorted(p.name for p in checkpoint.iterdir())
-    resumed = tmp_path / "resumed"
-    launch(SCRIPTS["sft"], runs.argv("sft", "tp2", resumed) + ["--resume_from_checkpoint", checkpoint],
-           tmp_path / "log", nproc=2, timeout=TIMEOUT)
-    loss_diff = compare_losses(resumed, full, steps=(3, 4))
-    weight_diff = compare_weights(resumed, full)
-    print(f"sft TP2 resumed at step 2 vs uninterrupted TP2: max |loss diff| steps 3-4 {loss_diff:.1e}, "
-          f"max |weight diff| {weight_diff:.1e}")
-
-
-@pytest.mark.slow
-def test_sft_resume_under_tp2xpp2_continues_the_run(runs, tmp_path):
-    """The TP2 x PP2 run (4 processes) saves per-rank shards at step 2; resuming under TP2 x PP2 continues it."""
-    full = runs.get("sft", "tp2xpp2")
+@pytest.mark.parametrize("layout,shards", [
+    ("tp2", ("tp00", "tp01")),
+    pytest.param("tp2xpp2", tuple(f"tp0{t}_pp0{p}" for t in (0, 1) for p in (0, 1)), marks=pytest.mark.slow),
+])
+def test_sft_resume_under_the_same_layout_continues_the_run(runs, layout, shards, tmp_path):
+    """The layout run saves per-rank shards at step 2; a second run of that layout from checkpoint-2 gives the
+    same steps 3-4 and the same final weights."""
+    full = runs.get("sft", layout)
     checkpoint = full / "checkpoint-2"
     names = {p.name for p in checkpoint.iterdir()}
-    assert {f"model_state.tp0{t}_pp0{p}.pdparams" for t in (0, 1) for p in (0, 1)} <= names, sorted(names)
+    expected = {f"model_state.{s}.pdparams" for s in shards} | {f"optimizer.{s}.pdopt" for s in shards}
+    assert expected <= names, sorted(names)
     resumed = tmp_path / "resumed"
-    launch(SCRIPTS["sft"], runs.argv("sft", "tp2xpp2", resumed) + ["--resume_from_checkpoint", checkpoint],
-           tmp_path / "log", nproc=4, timeout=TIMEOUT)
+    launch(SCRIPTS["sft"], runs.argv("sft", layout, resumed) + ["--resume_from_checkpoint", checkpoint],
+           tmp_path / "log", nproc=LAYOUTS[layout].nproc, timeout=TIMEOUT)
     loss_diff = compare_losses(resumed, full, steps=(3, 4))
     weight_diff = compare_weights(resumed, full)
-    print(f"sft TP2xPP2 resumed at step 2 vs uninterrupted: max |loss diff| steps 3-4 {loss_diff:.1e}, "
+    print(f"sft {layout} resumed at step 2 vs uninterrupted: max |loss diff| steps 3-4 {loss_diff:.1e}, "
           f"max |weight diff| {weight_diff:.1e}")
 
 
