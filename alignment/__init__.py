@@ -8,3 +8,6 @@ another stage.
 """
 
 __version__ = "0.1.0"
+
+# The fused log-prob hook of alignment.algorithms.utils (use_fusemt); the operator build itself is lazy.
+from alignment import ops as _ops  # noqa: E402,F401

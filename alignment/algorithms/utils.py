@@ -9,6 +9,11 @@ vocabulary, (..., V / tp). ``alignment.parallel`` then installs a ``VocabShard``
 by its last dimension (``shard.local_size``) and combines the partial results across the shard group,
 so the full-vocabulary logits are never gathered. A tensor whose last dimension is the full vocabulary
 (or any other size) is reduced locally as before.
+
+Fused log-probs: ``alignment.ops`` installs a hook with ``set_fused_logps``; when the custom-operator
+build succeeds and ``use_fusemt`` is on, ``gather_logps`` and ``entropy_from_logits`` on unsharded
+logits run the fused operator (one pass, no second (B, L, V) tensor in the backward) and the code
+below is its reference. A sharded tensor always takes the sharded path here.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Callable, Optional
 
 import paddle
 
-__all__ = ["VocabShard", "set_vocab_shard", "get_vocab_shard", "vocab_sum", "vocab_logsumexp", "log_softmax", "masked_sum", "masked_mean", "masked_var", "masked_whiten", "gather_logps", "sequence_logps", "entropy_from_logits", "last_token_index"]
+__all__ = ["VocabShard", "set_vocab_shard", "get_vocab_shard", "vocab_sum", "vocab_logsumexp", "log_softmax", "masked_sum", "masked_mean", "masked_var", "masked_whiten", "gather_logps", "sequence_logps", "entropy_from_logits", "last_token_index", "set_fused_logps"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,14 @@ class VocabShard:
 
 
 _VOCAB_SHARD: Optional[VocabShard] = None
+_FUSED_LOGPS = None  # an object with gather(logits, labels, temperature) and entropy(logits), each -> Tensor | None
+
+
+def set_fused_logps(impl) -> object:
+    """Install (or with None remove) the fused log-prob implementation; returns the previous one."""
+    global _FUSED_LOGPS
+    previous, _FUSED_LOGPS = _FUSED_LOGPS, impl
+    return previous
 
 
 def set_vocab_shard(shard: Optional[VocabShard]) -> Optional[VocabShard]:
@@ -127,10 +140,18 @@ def log_softmax(logits: paddle.Tensor, axis: int = -1) -> paddle.Tensor:
 def gather_logps(logits: paddle.Tensor, labels: paddle.Tensor, temperature: float = 1.0) -> paddle.Tensor:
     """Per-token log-probabilities ``log softmax(logits / T)[label]`` = ``z[label] - logsumexp(z)``.
 
-    logits: (B, L, V); labels: (B, L) int64 (any value at ignored positions, they are clamped to 0).
-    Returns (B, L) in float32, or float64 for float64 logits. The (B, L, V) log-softmax is never built
-    (see ``log_softmax`` for why that matters on CPU).
+    logits: (B, L, V); labels: (B, T) int64 with T <= L: ``labels[:, t]`` is scored by ``logits[:, t]``
+    (so ``gather_logps(logits, input_ids[:, 1:])`` needs no slice of the logits). Ignored positions
+    (any value; negative ones are clamped to 0 here) carry no meaning: the caller masks them, and the
+    fused path returns 0 for a negative label. Returns (B, T) in float32, or float64 for float64
+    logits. The (B, L, V) log-softmax is never built (see ``log_softmax`` for why that matters on CPU).
     """
+    if _FUSED_LOGPS is not None and _shard_of(logits) is None:
+        fused = _FUSED_LOGPS.gather(logits, labels, temperature)
+        if fused is not None:
+            return fused
+    if logits.ndim == 3 and labels.ndim == 2 and labels.shape[1] < logits.shape[1]:
+        logits = logits[:, : labels.shape[1]]
     dtype = "float64" if logits.dtype == paddle.float64 else "float32"
     z = logits.astype(dtype)
     if temperature != 1.0:
@@ -155,12 +176,16 @@ def sequence_logps(
 
     logits: (B, L, V); input_ids, loss_mask: (B, L). Returns (B, L-1): position t scores token t+1.
     """
-    logps = gather_logps(logits[:, :-1], input_ids[:, 1:], temperature)
+    logps = gather_logps(logits, input_ids[:, 1:], temperature)
     return logps * loss_mask[:, 1:].astype(logps.dtype)
 
 
 def entropy_from_logits(logits: paddle.Tensor) -> paddle.Tensor:
     """Entropy of softmax(logits) along the last axis: logsumexp(z) - sum softmax(z) * z. (B, L, V) -> (B, L)."""
+    if _FUSED_LOGPS is not None and _shard_of(logits) is None:
+        fused = _FUSED_LOGPS.entropy(logits)
+        if fused is not None:
+            return fused
     dtype = "float64" if logits.dtype == paddle.float64 else "float32"
     z = logits.astype(dtype)
     shard = _shard_of(z)

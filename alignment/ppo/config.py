@@ -5,7 +5,8 @@ Three dataclasses, named like PaddleNLP's (``ModelArgument``, ``DataArgument``, 
 default; ``__post_init__`` checks values and names the field and the allowed values. The layout
 (tensor / pipeline / sharding degrees, ``sharding`` stage, ``eval_mode``) is checked by
 ``alignment.parallel.ParallelStrategy``. Arguments that a later issue implements (``offload_level``,
-``use_fusemt``, ``bf16``/``fp16``) raise ``NotImplementedError`` when set to anything but their default.
+``bf16``/``fp16``) raise ``NotImplementedError`` when set to anything but their default. ``use_fusemt``
+(on by default) runs the fused operators of ``csrc/`` (``alignment.ops``) where their build succeeds.
 
 Step vocabulary: one *step* is one rollout batch (generate -> experience -> advantages -> updates);
 ``max_steps``, ``logging_steps``, ``eval_steps`` and ``save_steps`` count steps. Inside a step the
@@ -253,7 +254,11 @@ class PPOArguments:
     offload_level: str = field(
         default="", metadata={"help": "Offload: subset of 'freeze_model optimizer train_model' (not yet)."}
     )
-    use_fusemt: bool = field(default=False, metadata={"help": "Fused inference operators for rollout (not yet)."})
+    use_fusemt: bool = field(
+        default=True, metadata={"help": "Fused operators of csrc/ (alignment.ops): the 'fused' rollout sampler (when "
+                                        "sampler is 'default') and fused log-probs in experience and updates; used "
+                                        "only where the operator build succeeds (else the pure-Paddle path)."}
+    )
 
     def __post_init__(self) -> None:
         _choice(self, "rl_algorithm", tuple(RL_ALGORITHMS))
@@ -325,8 +330,6 @@ class PPOArguments:
                              "or None")
         if self.offload_level.strip():
             _not_yet("offload_level", self.offload_level, "''", "offloading models and optimizer states")
-        if self.use_fusemt:
-            _not_yet("use_fusemt", self.use_fusemt, "False", "the fused rollout operators (csrc issue)")
         if self.bf16 or self.fp16:
             _not_yet("bf16/fp16", True, "False", "mixed-precision PPO")
         from alignment.parallel import ParallelStrategy

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional
 
 import paddle
 
+from alignment.ops import set_use_fusemt
 from alignment.parallel import ParallelStrategy
 from alignment.rollout import (
     GenerationConfig,
@@ -80,6 +81,7 @@ class PPOTrainer:
         self.m = models
         self.reward_fn = reward_fn
         _check_models(args, models, reward_fn)
+        set_use_fusemt(args.use_fusemt)  # fused log-probs (alignment.ops) for experience and updates
         self.generation_config = _generation_config(args, models.actor_tokenizer, max_length)
         self.retokenizer = (
             Retokenizer(models.actor_tokenizer, models.reward_tokenizer, max_length)
@@ -340,7 +342,7 @@ def _generation_config(args: PPOArguments, tokenizer, max_length: Optional[int])
         eos_token_ids=(eos,), pad_token_id=pad, max_new_tokens=args.max_dec_len, min_new_tokens=args.min_dec_len,
         max_length=max_length, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         repetition_penalty=args.repetition_penalty, num_return_sequences=args.num_return_sequences,
-        sampler=args.sampler,
+        sampler="fused" if args.use_fusemt and args.sampler == "default" else args.sampler,
     )
 
 

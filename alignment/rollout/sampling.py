@@ -15,7 +15,9 @@ function with one signature, ``SampleFn``::
 The generation loop looks the function up by name (``GenerationConfig.sampler``), so the fused
 operators of ``alignment/ops`` register a faster implementation (``register_sampler("fused")``) and
 the loop needs no change. ``"default"`` is the pure-Paddle reference every replacement must match
-(greedy exactly; sampled in distribution).
+(greedy exactly; sampled in distribution). ``"fused"`` runs the sampling operator of ``csrc/``
+(``alignment.ops.sample_tokens``: no vocabulary sort, one call per step) when the build succeeds and
+``use_fusemt`` is on, and this reference otherwise.
 
 Conventions (the same as PaddleNLP's / Hugging Face's logits processors):
 * repetition penalty (CTRL, arXiv:1909.05858 §4.1): for every token already present in the row,
@@ -40,6 +42,7 @@ __all__ = [
     "get_sampler",
     "available_samplers",
     "sample_next_token",
+    "fused_sample_next_token",
     "apply_repetition_penalty",
     "top_k_top_p_filter",
 ]
@@ -148,3 +151,25 @@ def sample_next_token(
     logits = top_k_top_p_filter(logits, top_k=top_k, top_p=top_p)
     probs = F.softmax(logits, axis=-1)
     return paddle.multinomial(probs, num_samples=1).squeeze(-1).astype("int64")
+
+
+@register_sampler("fused")
+def fused_sample_next_token(
+    logits: paddle.Tensor,
+    generated: paddle.Tensor,
+    *,
+    generated_mask: Optional[paddle.Tensor] = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    do_sample: bool = True,
+) -> paddle.Tensor:
+    """``sample_next_token`` through the fused operator (``alignment.ops.sample_tokens``), same semantics."""
+    from alignment.ops import fused_available, sample_tokens
+
+    if not fused_available():
+        return sample_next_token(logits, generated, generated_mask=generated_mask, temperature=temperature,
+                                 top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, do_sample=do_sample)
+    return sample_tokens(logits, generated, generated_mask, temperature=temperature, top_k=top_k, top_p=top_p,
+                         repetition_penalty=repetition_penalty, do_sample=do_sample)

@@ -102,7 +102,8 @@ def logits_completion_logps(
     """``completion_logps`` from logits already computed (e.g. on the last pipeline stage)."""
     targets = labels[:, 1:]
     mask = (targets != IGNORE_INDEX).astype("float32")
-    per_token = token_logps(logits[:, :-1], targets, temperature).astype("float32") * mask
+    # (N, L, V) logits with (N, L-1) targets: position t scores token t+1, and no strided slice is copied
+    per_token = token_logps(logits, targets, temperature).astype("float32") * mask
     return CompletionLogps(
         token_logps=per_token,
         mask=mask,
@@ -113,7 +114,7 @@ def logits_completion_logps(
 
 
 def token_logps(logits: paddle.Tensor, labels: paddle.Tensor, temperature: float = 1.0) -> paddle.Tensor:
-    """``log softmax(logits / T)[label]``; see ``alignment.algorithms.utils.gather_logps``."""
+    """``log softmax(logits / T)[label]``; logits (N, L, V), labels (N, T <= L); see ``utils.gather_logps``."""
     return gather_logps(logits, labels, temperature)
 
 

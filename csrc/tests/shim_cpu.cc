@@ -1,0 +1,31 @@
+// extern "C" entry points over the CPU kernels, for the standalone harness (harness.py loads this with
+// ctypes; no Paddle). float32 only. Build: g++ -O3 -march=native -fopenmp -shared -fPIC -I.. shim_cpu.cc
+#include "kernels/logps_cpu.h"
+#include "kernels/sampling_cpu.h"
+
+extern "C" {
+
+void cpu_logps_forward(const float* logits, const int64_t* labels, int64_t N, int64_t L, int64_t T, int64_t V,
+                       float scale, int with_entropy, float* logps, float* entropy, float* lse, int nthreads) {
+  alignment_ops::logps_forward_cpu<float>(logits, labels, N, L, T, V, scale, with_entropy != 0, logps, entropy, lse,
+                                          nthreads);
+}
+
+void cpu_logps_backward(const float* logits, const int64_t* labels, const float* lse, const float* entropy,
+                        const float* grad_logps, const float* grad_entropy, int64_t N, int64_t L, int64_t T,
+                        int64_t V, float scale, float* grad_logits, int nthreads) {
+  alignment_ops::logps_backward_cpu<float>(logits, labels, lse, entropy, grad_logps, grad_entropy, N, L, T, V, scale,
+                                           grad_logits, nthreads);
+}
+
+void cpu_sample(const float* logits, const int64_t* hist, const int64_t* hist_mask, const bool* finished,
+                const int64_t* eos, int64_t n_eos, int64_t B, int64_t V, int64_t H, float temperature, int64_t top_k,
+                float top_p, float rep, float freq, float pres, int64_t cur_len, int64_t min_len, int64_t pad_id,
+                int do_sample, uint64_t seed, int64_t* out_ids, float* penalised, int nthreads) {
+  const alignment_ops::SamplingParams p = alignment_ops::make_sampling_params(
+      temperature, top_k, top_p, rep, freq, pres, cur_len, min_len, pad_id, do_sample != 0, seed);
+  alignment_ops::sample_tokens_cpu(logits, hist, hist_mask, finished, eos, n_eos, B, V, H, p, out_ids, penalised,
+                                   nthreads);
+}
+
+}  // extern "C"

@@ -1,0 +1,36 @@
+// extern "C" entry points over the CUDA kernels, for the standalone harness (harness.py loads this with
+// ctypes and passes device pointers of torch or CuPy arrays; no Paddle). float32 only; default stream.
+// Build: nvcc -O3 -shared -Xcompiler -fPIC -I.. shim_cuda.cu -o libshim_cuda.so
+#include "kernels/logps_cuda.cuh"
+#include "kernels/sampling_cuda.cuh"
+
+extern "C" {
+
+int cuda_logps_forward(const float* logits, const int64_t* labels, int64_t N, int64_t L, int64_t T, int64_t V,
+                       float scale, int with_entropy, float* logps, float* entropy, float* lse) {
+  alignment_ops::launch_logps_forward<float>(logits, labels, N, L, T, V, scale, with_entropy != 0, logps, entropy,
+                                             lse, 0);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int cuda_logps_backward(const float* logits, const int64_t* labels, const float* lse, const float* entropy,
+                        const float* grad_logps, const float* grad_entropy, int64_t N, int64_t L, int64_t T,
+                        int64_t V, float scale, float* grad_logits) {
+  alignment_ops::launch_logps_backward<float>(logits, labels, lse, entropy, grad_logps, grad_entropy, N, L, T, V,
+                                              scale, grad_logits, 0);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int cuda_sample(const float* logits, const int64_t* hist, const int64_t* hist_mask, const bool* finished,
+                const int64_t* eos, int64_t n_eos, int64_t B, int64_t V, int64_t H, float temperature, int64_t top_k,
+                float top_p, float rep, float freq, float pres, int64_t cur_len, int64_t min_len, int64_t pad_id,
+                int do_sample, uint64_t seed, float* work, int64_t* out_ids) {
+  const alignment_ops::SamplingParams p = alignment_ops::make_sampling_params(
+      temperature, top_k, top_p, rep, freq, pres, cur_len, min_len, pad_id, do_sample != 0, seed);
+  alignment_ops::launch_sample_tokens(logits, hist, hist_mask, finished, eos, n_eos, B, V, H, p, work, out_ids, 0);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int cuda_synchronize() { return static_cast<int>(cudaDeviceSynchronize()); }
+
+}  // extern "C"
