@@ -22,7 +22,7 @@ and the CUDA kernel ``csrc/kernels/sampling_cuda.cuh``):
   arXiv 1904.09751: the smallest prefix of the sorted distribution whose mass reaches top_p, at least
   one token, ties kept), renormalise and draw.
 
-The fused operator never sorts the vocabulary: a partial sort of a growing candidate set on CPU, a
+The fused operator never sorts the vocabulary: a radix selection over the float bits on CPU, a
 bisection over float keys on CUDA. Its uniforms come from a counter-based hash of (seed, row): with
 ``seed=None`` one seed is drawn per call from Paddle's generator, so ``paddle.seed`` makes a rollout
 reproducible on either path, but the two paths draw different samples from the same distribution.

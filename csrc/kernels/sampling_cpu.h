@@ -8,8 +8,8 @@
 //  3. greedy: the first index of the maximum;
 //  4. else x = z / temperature; top-k keeps x >= the k-th largest x (ties kept); top-p (nucleus,
 //     arXiv:1904.09751) keeps every v whose strictly-larger mass sum_{x_u > x_v} p_u is below top_p (always
-//     at least the best token; ties kept) -- the rule of the sort-based reference, found here with a
-//     partial sort of a growing candidate set (64, 256, ... tokens) instead of a full sort;
+//     at least the best token; ties kept) -- the rule of the sort-based reference, found here by a radix
+//     selection over the float bits (nucleus_cut) instead of a sort;
 //  5. draw u(seed, row) (rng.h) and take the first v (vocabulary order) whose cumulative kept mass
 //     exceeds u times the kept total.
 #pragma once
@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -54,6 +55,54 @@ inline void penalise_row(float* z, const int64_t* hist, const int64_t* hist_mask
   }
 }
 
+// The top-p cut: the smallest probability e* among tokens whose strictly-larger mass is below ``target``
+// (keep e >= e*). Radix selection over the float bits of e (non-negative, so the raw bits are ordered):
+// a 4096-bucket histogram of the mass by the top 12 bits, the bucket where the running mass from the
+// top crosses ``target`` is refined by the next 12 bits, then the last 8 -- three O(V) passes at most
+// and no sort. (The same selection as the bisection of the CUDA kernel, fewer passes.)
+inline float nucleus_cut(const float* e, int64_t V, float target, int64_t* idx) {
+  static constexpr int kShift[3] = {20, 8, 0};
+  static constexpr int kBits[3] = {12, 12, 8};
+  std::vector<float> mass(4096);
+  int64_t n = 0;
+  for (int64_t v = 0; v < V; ++v)
+    if (e[v] > 0.f) idx[n++] = v;
+  float above = 0.f;  // mass of the tokens already known to be kept (keys above the current prefix)
+  uint32_t key_prefix = 0;
+  for (int level = 0; level < 3 && n > 0; ++level) {
+    const int shift = kShift[level];
+    const uint32_t width = 1u << kBits[level], mask = width - 1;
+    std::fill(mass.begin(), mass.begin() + width, 0.f);
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &e[idx[i]], sizeof(bits));
+      mass[(bits >> shift) & mask] += e[idx[i]];
+    }
+    int64_t j = static_cast<int64_t>(width) - 1;
+    for (; j >= 0; --j) {
+      if (mass[j] == 0.f) continue;
+      if (above + mass[j] >= target) break;
+      above += mass[j];
+    }
+    if (j < 0) {  // rounding: every remaining token fits under target -> all kept
+      float lowest = std::numeric_limits<float>::infinity();
+      for (int64_t i = 0; i < n; ++i) lowest = std::min(lowest, e[idx[i]]);
+      return lowest;
+    }
+    key_prefix |= static_cast<uint32_t>(j) << shift;
+    int64_t m = 0;  // the boundary bucket's tokens, for the next level
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &e[idx[i]], sizeof(bits));
+      if (((bits >> shift) & mask) == static_cast<uint32_t>(j)) idx[m++] = idx[i];
+    }
+    n = m;
+  }
+  float cut;
+  std::memcpy(&cut, &key_prefix, sizeof(cut));
+  return cut;
+}
+
 // Steps 3-5 on one penalised row; ``idx`` is a V-sized scratch buffer.
 inline int64_t choose_token(float* x, int64_t V, const SamplingParams& p, uint64_t row, int64_t* idx) {
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -79,23 +128,7 @@ inline int64_t choose_token(float* x, int64_t V, const SamplingParams& p, uint64
     total += e;
   }
   if (p.top_p < 1.f) {
-    int64_t n_cand = 0;
-    for (int64_t v = 0; v < V; ++v)
-      if (x[v] > 0.f) idx[n_cand++] = v;
-    const float target = p.top_p * total;
-    auto by_prob = [x](int64_t a, int64_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-    float cut = 0.f;
-    for (int64_t k = std::min<int64_t>(64, n_cand);; k = std::min<int64_t>(k * 4, n_cand)) {
-      std::partial_sort(idx, idx + k, idx + n_cand, by_prob);
-      float before = 0.f;
-      int64_t i = 0;
-      while (i < k && (i == 0 || before < target)) before += x[idx[i++]];
-      // i tokens kept; done when the prefix stopped below k or covered every candidate
-      if (before >= target || k == n_cand) {
-        cut = x[idx[i - 1]];
-        break;
-      }
-    }
+    const float cut = nucleus_cut(x, V, p.top_p * total, idx);
     total = 0.f;
     for (int64_t v = 0; v < V; ++v) {
       if (x[v] < cut) x[v] = 0.f;
