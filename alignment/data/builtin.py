@@ -63,12 +63,13 @@ class RecordsDataset(RawDataset):
                 if local.is_dir() and self.DATA_DIR and (local / self.DATA_DIR).is_dir():
                     local = local / self.DATA_DIR
                 records = read_records(local, self.split)
-            elif _HUB_ID.match(str(path)):
+            elif _is_hub_name(str(path)):
                 records = read_hub_records(
-                    str(path), self.split or "train", self.HUB_NAME, self.DATA_DIR, **load_kwargs
+                    _strip_hub(str(path)), self.split or "train", self.HUB_NAME, self.DATA_DIR, **load_kwargs
                 )
             else:
-                raise DataError(f"no such file or folder: {path}", file=str(path))
+                raise DataError(f"no such file or folder: {path} (a hub dataset needs the prefix hub:, "
+                                f"e.g. hub:owner/name)", file=str(path))
         self.samples: List[RawSample] = load_samples(records, self.format)
 
     def __getitem__(self, index: int) -> RawSample:
@@ -192,3 +193,17 @@ def _register_hh_variants() -> None:
 
 
 _register_hh_variants()
+
+
+def _strip_hub(path: str) -> str:
+    return path[len("hub:"):] if path.startswith("hub:") else path
+
+
+def _is_hub_name(path: str) -> bool:
+    """``hub:owner/name`` always; a bare ``owner/name`` that does not exist locally only when ``owner`` is not a
+    local folder either (``data/train`` next to a data/ folder is a missing file, not a hub id)."""
+    if path.startswith("hub:"):
+        return bool(_HUB_ID.match(_strip_hub(path)))
+    if path.lower().endswith((".json", ".jsonl", ".gz", ".parquet", ".csv", ".txt", ".arrow")):
+        return False  # a file name: a local file is meant
+    return bool(_HUB_ID.match(path)) and not os.path.isdir(path.split("/", 1)[0])

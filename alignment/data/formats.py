@@ -26,6 +26,7 @@ math            problem, solution ("... \\boxed{x}")                            
 from __future__ import annotations
 
 import gzip
+import zlib
 import json
 import os
 import re
@@ -68,24 +69,45 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
+def _unreadable(path: Path, error: Exception, line: Optional[int] = None) -> DataError:
+    """A DataError for bytes that are not UTF-8 text or a broken gzip stream."""
+    if isinstance(error, UnicodeDecodeError):
+        why = f"not UTF-8 text ({error.reason} at byte {error.start} of the line); re-encode the file as UTF-8"
+    else:
+        why = f"corrupt or truncated gzip file ({error}); re-create it or decompress it"
+    return DataError(why, file=str(path), line=line)
+
+
+_READ_ERRORS = (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _lines(path: Path) -> Iterator[Tuple[int, str]]:
+    """(line number, text) of a text or .gz file; undecodable bytes are a DataError naming the line."""
+    lineno = 0
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
+            for lineno, raw in enumerate(f, start=1):  # decoded line by line: the error names its line
+                yield lineno, raw.decode("utf-8")
+    except _READ_ERRORS as e:
+        raise _unreadable(path, e, lineno + (0 if isinstance(e, UnicodeDecodeError) else 1)) from None
+
+
 def _iter_json_lines(path: Path) -> Iterator[Tuple[Dict[str, Any], Where]]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = Where(str(path), line=lineno)
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise where.error(f"malformed JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise where.error(f"expected a JSON object, got {type(record).__name__}")
-            yield record, where
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        where = Where(str(path), line=lineno)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise where.error(f"malformed JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise where.error(f"expected a JSON object, got {type(record).__name__}")
+        yield record, where
 
 
 def _iter_json_document(path: Path) -> Iterator[Tuple[Dict[str, Any], Where]]:
-    with _open_text(path) as f:
-        text = f.read()
+    text = "".join(line for _, line in _lines(path))
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

@@ -157,6 +157,11 @@ class DPOArguments:
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self._reference_free_names = frozenset(reference_free_names)
+        if self.ref_model and not self.needs_reference:
+            raise ValueError(
+                f"ref_model='{self.ref_model}' is given but loss_type={self.loss_type}"
+                f"{' with reference_free' if self.reference_free else ''} uses no reference model; drop ref_model, "
+                "or choose a loss with a reference (e.g. sigmoid)")
 
     @property
     def needs_reference(self) -> bool:

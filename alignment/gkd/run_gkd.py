@@ -54,7 +54,9 @@ def main(argv: Optional[Sequence[str]] = None):
 
 
 if __name__ == "__main__":
-    main()
+    from alignment.utils.cli import run_cli
+
+    run_cli(main)  # one-line errors, exit 2 for user errors (--debug shows the traceback)
     from alignment.parallel import ParallelStrategy
 
     ParallelStrategy.current().shutdown()

@@ -37,7 +37,69 @@ __all__ = [
     "freeze",
     "count_parameters",
     "save_causal_lm",
+    "resolve_model_path",
+    "read_weights",
+    "ModelPathError",
+    "TINY_MODEL_COMMAND",
 ]
+
+TINY_MODEL_COMMAND = "python -m alignment.tools.make_tiny_model --out checkpoints/tiny-llama"
+_PICKLE_WEIGHTS = (".pdparams", ".bin", ".pt", ".pth", ".pkl")
+_LOCAL_FOLDERS = ("checkpoints", "checkpoint", "output", "outputs", "models", "runs", "data")
+
+
+class ModelPathError(FileNotFoundError):
+    """A model path that is neither a local directory nor a hub name; the message says which and how to fix."""
+
+
+def _looks_local(name: str) -> bool:
+    """Whether ``name`` can only mean a local path (see ``resolve_model_path``)."""
+    if name.startswith(("/", "./", "../", "~", ".\\")) or os.path.splitext(name)[1] in (".json", ".jsonl"):
+        return True
+    parts = name.replace("\\", "/").split("/")
+    if len(parts) > 2:
+        return True
+    # "checkpoints/tiny-llama": the folder exists, or is one of the usual local ones (a fresh clone has none)
+    return len(parts) == 2 and (os.path.isdir(parts[0]) or parts[0] in _LOCAL_FOLDERS)
+
+
+def resolve_model_path(name_or_path: str, what: str = "model_name_or_path") -> str:
+    """The local directory or hub name to load; refuses pickle weights and explains a missing path.
+
+    The rule: ``hub:owner/name`` is always a hub name; an existing directory is local; a name that does not
+    exist locally is a hub name only when it has the shape ``name`` or ``owner/name`` and ``owner`` is not a
+    local directory. Anything else that does not exist ("./x", "/abs/x", "a/b/c", "checkpoints/x" next to a
+    checkpoints/ folder or under checkpoints/, output(s)/, models/, runs/, data/) is "no such directory" (with the tiny-model kit command for a tiny config). A local
+    directory whose only weights are pickle files (model_state.pdparams, pytorch_model.bin) is refused unless
+    ``--allow_pickle true``.
+    """
+    from alignment.utils.safe_io import ALLOW_PICKLE_FLAG, PickleRefusedError, allow_pickle
+
+    name = str(name_or_path)
+    if name.startswith("hub:"):
+        return name[len("hub:"):]
+    if os.path.isdir(name):
+        files = os.listdir(name)
+        has_safe = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files
+                       if not f.startswith("value_head"))
+        needed = "tokenizer_config.json" if what == "tokenizer" else "config.json"
+        if needed not in files:
+            raise ModelPathError(f"{what}: '{name}' has no {needed}; expected a model directory (config.json + "
+                                 "weights + tokenizer files)")
+        pickled = sorted(f for f in files if f.endswith(_PICKLE_WEIGHTS) and f != "training_args.bin")
+        if pickled and not has_safe and not allow_pickle():
+            raise PickleRefusedError(
+                f"{what}: {os.path.join(name, pickled[0])}: weights are a pickle file (loading it can run code); "
+                f"convert them to safetensors, or pass {ALLOW_PICKLE_FLAG} if you trust this directory")
+        return name
+    if os.path.exists(name):
+        raise ModelPathError(f"{what}: '{name}' is a file; expected a model directory (config.json + weights)")
+    if _looks_local(name):
+        hint = ""
+        if "tiny" in os.path.basename(name.rstrip("/")):
+            hint = f"; build the tiny model first: {TINY_MODEL_COMMAND.replace('checkpoints/tiny-llama', name)}"
+        raise ModelPathError(f"{what}: no such directory '{name}'{hint} (a hub model needs the prefix hub:)")
+    return name
 
 DTYPES = ("float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16", "float": "float32"}
@@ -76,7 +138,7 @@ def load_tokenizer(
 
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side='{padding_side}' is not valid; allowed values: left, right")
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path, "tokenizer"))
     if ensure_pad:
         from alignment.data import ensure_pad_token
 
@@ -105,7 +167,7 @@ def load_config(
 
     from alignment.parallel import ParallelStrategy
 
-    config = AutoConfig.from_pretrained(name_or_path)
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
     config.dtype = resolve_dtype(dtype)
     strategy = ParallelStrategy.current()
     for key, value in strategy.model_kwargs().items():  # tensor parallel: weights are split on load
@@ -142,7 +204,7 @@ def load_causal_lm(
     dtype = resolve_dtype(dtype)
     config = load_config(name_or_path, dtype=dtype, use_flash_attention=use_flash_attention, recompute=recompute,
                          overrides=config_overrides)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), config=config, dtype=dtype)
     if tokenizer is not None:
         from alignment.data import ensure_pad_token
 
@@ -170,7 +232,7 @@ def load_backbone(
     if config is None:
         config = load_config(name_or_path, dtype=dtype, use_flash_attention=use_flash_attention, recompute=recompute,
                              overrides=config_overrides)
-    return AutoModel.from_pretrained(name_or_path, config=config, dtype=dtype)
+    return AutoModel.from_pretrained(resolve_model_path(name_or_path), config=config, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------ LoRA
@@ -256,7 +318,7 @@ def merge_lora_state_dict(lora_model) -> Dict[str, paddle.Tensor]:
 
 
 def save_causal_lm(save_dir: str, state_dict: Dict[str, paddle.Tensor], config, architecture: str) -> None:
-    """Write a single-process causal-LM checkpoint (model_state.pdparams + config.json) from a full state dict.
+    """Write a single-process causal-LM checkpoint (model.safetensors + config.json) from a full state dict.
 
     ``config`` may come from a tensor- or pipeline-parallel model: the saved one says one process
     (tensor_parallel_degree 1) and ``architecture`` (e.g. ``LlamaForCausalLM``). Files are written under
@@ -266,16 +328,39 @@ def save_causal_lm(save_dir: str, state_dict: Dict[str, paddle.Tensor], config, 
 
     from alignment.utils.io import atomic_write_json
 
+    from alignment.utils.safe_io import save_tree
+
     os.makedirs(save_dir, exist_ok=True)
-    tmp = os.path.join(save_dir, ".model_state.pdparams.tmp")
-    paddle.save(state_dict, tmp)
-    os.replace(tmp, os.path.join(save_dir, "model_state.pdparams"))
+    save_tree(dict(state_dict), os.path.join(save_dir, "model.safetensors"))
     config = copy.deepcopy(config)
     config.tensor_parallel_degree, config.tensor_parallel_rank = 1, 0
     config.architectures = [architecture]
     import json
 
     atomic_write_json(os.path.join(save_dir, "config.json"), json.loads(config.to_json_string()))
+
+
+def read_weights(directory: str) -> Dict[str, paddle.Tensor]:
+    """The full state dict in ``directory``: its ``model*.safetensors`` files (merged), else its
+    ``model_state*.pdparams`` when ``--allow_pickle true`` (alignment.utils.safe_io) allows it."""
+    import glob
+
+    from alignment.utils.safe_io import check_not_pickle, load_tree
+
+    files = sorted(glob.glob(os.path.join(directory, "model*.safetensors")))
+    if files:
+        state: Dict[str, paddle.Tensor] = {}
+        for file in files:
+            state.update(load_tree(file))
+        return state
+    pickled = sorted(glob.glob(os.path.join(directory, "model_state*.pdparams")))
+    if not pickled:
+        raise FileNotFoundError(f"{directory}: no model*.safetensors (or model_state*.pdparams) weights")
+    state = {}
+    for file in pickled:
+        check_not_pickle(file, "weights file")
+        state.update(paddle.load(file))
+    return state
 
 
 # ------------------------------------------------------------------------------------------- freezing

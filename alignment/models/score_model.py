@@ -23,7 +23,7 @@ Checkpoint layout written by ``save_pretrained`` (a directory):
     config.json             backbone config + score fields: score_type, do_normalize, normalizer_type, momentum,
                             score_dim, score_bias, and the normaliser's mean / var / normalizer_count;
                             architectures = ["<Family>ForScore"]
-    model_state.pdparams    full state dict: "<prefix>.*" backbone (e.g. "llama.*", the causal-LM key layout, so
+    model.safetensors       full state dict: "<prefix>.*" backbone (e.g. "llama.*", the causal-LM key layout, so
                             AutoModel / AutoModelForCausalLM load the backbone from it), "score_head.weight"
                             (H, D), "score_head.bias", "normalizer.{mean,var,count}"
     value_head.safetensors  the head again in the ms-swift / TRL / LLaMA-Factory convention:
@@ -73,7 +73,7 @@ SCORE_TYPES = ("reward", "cost", "critic")
 NORMALIZE_MODES = {"reward": "affine", "cost": "scale", "critic": "identity"}
 NORMALIZER_TYPES = ("RunningMeanStd", "ExponentialMovingAverage", None)
 VALUE_HEAD_NAME = "value_head.safetensors"
-WEIGHTS_NAME = "model_state.pdparams"
+WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 _HEAD_W, _HEAD_B = "v_head.summary.weight", "v_head.summary.bias"
 _NORM_KEYS = ("mean", "var", "count")
@@ -317,7 +317,7 @@ class ScoreModel(paddle.nn.Layer):
     def save_pretrained(
         self, save_dir: str, *, is_main_process: bool = True, state_dict=None, **_ignored
     ) -> None:
-        """Write config.json, model_state.pdparams and value_head.safetensors into ``save_dir``.
+        """Write config.json, model.safetensors and value_head.safetensors into ``save_dir``.
 
         Each file is written under a temporary name and renamed, config.json last. Other files in the
         directory (a tokenizer, training arguments) are left alone. Only ``is_main_process`` writes.
@@ -516,6 +516,7 @@ def save_score_checkpoint(model, save_dir: str, state: Dict[str, Any]) -> None:
     from safetensors.numpy import save_file
 
     from alignment.parallel import unwrap_model
+    from alignment.utils.safe_io import save_tree
 
     inner = unwrap_model(model)
     state = {**getattr(inner, "frozen_state", {}), **state}  # e.g. a pipeline model's untouched normaliser
@@ -523,9 +524,7 @@ def save_score_checkpoint(model, save_dir: str, state: Dict[str, Any]) -> None:
     norm = {k[len("normalizer."):]: v for k, v in head.items() if k.startswith("normalizer.")}
     backbone_class = type(getattr(inner, "backbone", inner)).__name__
     os.makedirs(save_dir, exist_ok=True)
-    tmp = os.path.join(save_dir, f".{WEIGHTS_NAME}.tmp")
-    paddle.save(state, tmp)
-    os.replace(tmp, os.path.join(save_dir, WEIGHTS_NAME))
+    save_tree(dict(state), os.path.join(save_dir, WEIGHTS_NAME))  # safetensors, written under a temporary name
     tmp = os.path.join(save_dir, f".{VALUE_HEAD_NAME}.tmp")
     save_file(head, tmp, metadata={"format": "pt", "score_type": inner.score_config.score_type})
     os.replace(tmp, os.path.join(save_dir, VALUE_HEAD_NAME))

@@ -3,29 +3,30 @@
 A resumable checkpoint ``output_dir/checkpoint-<step>/`` holds
     policy/                  actor (PaddleNLP ``save_pretrained`` + tokenizer)
     value/                   critic (``ScoreModel.save_pretrained`` + tokenizer), PPO only
-    actor_optimizer.pdopt    AdamW moments + LR schedule, keyed by structural parameter names
-    critic_optimizer.pdopt   the same for the critic
-    rng_state.pkl            paddle / numpy / python RNG states of every rank
-    trainer_state.json       step, prompt and ptx positions, reward-normaliser statistics, world size
-Everything is written under a temporary name and renamed into place by the main process.
+    actor_optimizer.safetensors   AdamW moments + LR schedule, keyed by structural parameter names
+    critic_optimizer.safetensors  the same for the critic
+    rng_state.safetensors         paddle / numpy / python RNG states of every rank
+    trainer_state.json            step, prompt and ptx positions, reward-normaliser statistics, world size
+    checkpoint_complete.json      the completion marker (alignment/training/checkpoints.py)
+Nothing is a pickle (alignment/utils/safe_io.py); a checkpoint of an older version (.pdopt, rng_state.pkl)
+loads only with ``--allow_pickle true``. Everything is written into a staging directory that the main process
+publishes (fsync, marker, rename) after every rank wrote its part.
 The final models go to ``output_dir/policy`` and ``output_dir/value``: ``AutoModelForCausalLM.from_pretrained``
 and ``ScoreModel.from_pretrained`` load them.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import pickle
 import random
-import re
-import shutil
 from typing import Dict, Optional
 
 import numpy as np
 import paddle
 
+from alignment.training import checkpoints
 from alignment.utils.io import atomic_dir, atomic_write_json
+from alignment.utils.safe_io import check_not_pickle, load_tree, save_tree
 
 __all__ = ["save", "load", "save_final", "resolve", "rotate", "STATE_FILE"]
 
@@ -107,53 +108,61 @@ def save(trainer, path: str) -> None:
     """Write a resumable checkpoint of ``trainer`` at ``path`` (collective: call on every rank).
 
     Under tensor / pipeline / sharding layouts ``policy/`` and ``value/`` are the merged single-process
-    models and ``shards/rank<R>.pdparams`` hold each rank's own weights and optimizer states, from which the
-    same layout resumes.
+    models and ``shards/rank<R>.safetensors`` hold each rank's own weights and optimizer states, from which
+    the same layout resumes.
     """
     s = trainer.strategy
     rng = s.all_gather_object(
         {"paddle": paddle.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     )
-    staging = path.rstrip("/") + ".shards.tmp"
+    output_dir, name = os.path.split(os.path.abspath(path))
+    staging = checkpoints.begin(output_dir, trainer.global_step, s)
     if s.hybrid:
         if s.is_main_process:
-            shutil.rmtree(staging, ignore_errors=True)
-            os.makedirs(staging)
+            os.makedirs(os.path.join(staging, "shards"))
         s.barrier()
-        paddle.save(_shard_state(trainer), os.path.join(staging, f"rank{s.rank}.pdparams"))
+        save_tree(_shard_state(trainer), os.path.join(staging, "shards", f"rank{s.rank}.safetensors"))
     actor_state, critic_state = _full_states(trainer)
-    s.barrier()
     if s.is_main_process:
-        with atomic_dir(path) as tmp:
-            _save_model(trainer.m.actor, trainer.m.actor_tokenizer, os.path.join(tmp, "policy"), actor_state)
+        _save_model(trainer.m.actor, trainer.m.actor_tokenizer, os.path.join(staging, "policy"), actor_state)
+        if trainer.m.critic is not None:
+            _save_model(trainer.m.critic, trainer.m.actor_tokenizer, os.path.join(staging, "value"), critic_state)
+        if not s.hybrid:
+            save_tree(optimizer_state(trainer.actor_optimizer, trainer.m.actor),
+                      os.path.join(staging, "actor_optimizer.safetensors"))
             if trainer.m.critic is not None:
-                _save_model(trainer.m.critic, trainer.m.actor_tokenizer, os.path.join(tmp, "value"), critic_state)
-            if s.hybrid:
-                shutil.move(staging, os.path.join(tmp, "shards"))
-            else:
-                paddle.save(optimizer_state(trainer.actor_optimizer, trainer.m.actor),
-                            os.path.join(tmp, "actor_optimizer.pdopt"))
-                if trainer.m.critic is not None:
-                    paddle.save(optimizer_state(trainer.critic_optimizer, trainer.m.critic),
-                                os.path.join(tmp, "critic_optimizer.pdopt"))
-            with open(os.path.join(tmp, "rng_state.pkl"), "wb") as f:
-                pickle.dump(rng, f)
-            atomic_write_json(
-                os.path.join(tmp, STATE_FILE),
-                {
-                    "global_step": trainer.global_step,
-                    "total_steps": trainer.total_steps,
-                    "world_size": s.world_size,
-                    "prompts": trainer.prompts.state_dict(),
-                    "ptx": trainer.ptx.state_dict() if trainer.ptx is not None else None,
-                    "reward_normalizer": (
-                        trainer.reward_normalizer.state_dict() if trainer.reward_normalizer is not None else None
-                    ),
-                    "rl_algorithm": trainer.args.rl_algorithm,
-                    "layout": s.describe().split(": ", 1)[1],
-                },
-            )
-    s.barrier()
+                save_tree(optimizer_state(trainer.critic_optimizer, trainer.m.critic),
+                          os.path.join(staging, "critic_optimizer.safetensors"))
+        save_tree(rng, os.path.join(staging, "rng_state.safetensors"))
+        atomic_write_json(
+            os.path.join(staging, STATE_FILE),
+            {
+                "global_step": trainer.global_step,
+                "total_steps": trainer.total_steps,
+                "world_size": s.world_size,
+                "prompts": trainer.prompts.state_dict(),
+                "ptx": trainer.ptx.state_dict() if trainer.ptx is not None else None,
+                "reward_normalizer": (
+                    trainer.reward_normalizer.state_dict() if trainer.reward_normalizer is not None else None
+                ),
+                "rl_algorithm": trainer.args.rl_algorithm,
+                "layout": s.describe().split(": ", 1)[1],
+            },
+        )
+    checkpoints.publish(staging, os.path.join(output_dir, name), s, meta={"stage": "ppo"})
+
+
+def _load_state(path: str, legacy: str):
+    """A state file of the checkpoint: ``path`` (safetensors), or its pickle predecessor with allow_pickle."""
+    if os.path.isfile(path):
+        return load_tree(path)
+    check_not_pickle(legacy, "checkpoint file")
+    if legacy.endswith(".pkl"):
+        import pickle
+
+        with open(legacy, "rb") as f:
+            return pickle.load(f)
+    return paddle.load(legacy)
 
 
 def load(trainer, path: str) -> None:
@@ -173,7 +182,8 @@ def load(trainer, path: str) -> None:
             raise ValueError(f"{path}: saved under layout '{state.get('layout')}' ({state.get('world_size')} ranks); "
                              f"this run is '{layout}' ({s.world_size} ranks). Resume under the saved layout, or "
                              "start a new run from the merged policy/ and value/ models")
-        shard = paddle.load(os.path.join(path, "shards", f"rank{s.rank}.pdparams"))
+        shard = _load_state(os.path.join(path, "shards", f"rank{s.rank}.safetensors"),
+                            os.path.join(path, "shards", f"rank{s.rank}.pdparams"))
         _plain(trainer.m.actor).set_state_dict(shard["actor"])
         set_optimizer_state(trainer.actor_optimizer, trainer.m.actor, shard["actor_optimizer"])
         if trainer.m.critic is not None:
@@ -182,11 +192,14 @@ def load(trainer, path: str) -> None:
     else:
         _load_weights(trainer.m.actor, os.path.join(path, "policy"))
         set_optimizer_state(trainer.actor_optimizer, trainer.m.actor,
-                            paddle.load(os.path.join(path, "actor_optimizer.pdopt")))
+                            _load_state(os.path.join(path, "actor_optimizer.safetensors"),
+                                        os.path.join(path, "actor_optimizer.pdopt")))
         if trainer.m.critic is not None:
             _load_weights(trainer.m.critic, os.path.join(path, "value"))
             set_optimizer_state(
-                trainer.critic_optimizer, trainer.m.critic, paddle.load(os.path.join(path, "critic_optimizer.pdopt"))
+                trainer.critic_optimizer, trainer.m.critic,
+                _load_state(os.path.join(path, "critic_optimizer.safetensors"),
+                            os.path.join(path, "critic_optimizer.pdopt")),
             )
     trainer.global_step = int(state["global_step"])
     trainer.prompts.set_state_dict(state["prompts"])
@@ -194,8 +207,7 @@ def load(trainer, path: str) -> None:
         trainer.ptx.set_state_dict(state.get("ptx"))
     if trainer.reward_normalizer is not None and state.get("reward_normalizer"):
         trainer.reward_normalizer.set_state_dict(state["reward_normalizer"])
-    with open(os.path.join(path, "rng_state.pkl"), "rb") as f:
-        rng = pickle.load(f)
+    rng = _load_state(os.path.join(path, "rng_state.safetensors"), os.path.join(path, "rng_state.pkl"))
     if len(rng) == s.world_size:
         mine = rng[s.rank]
         paddle.set_rng_state(mine["paddle"])
@@ -206,21 +218,9 @@ def load(trainer, path: str) -> None:
 
 
 def _load_weights(model: paddle.nn.Layer, directory: str) -> None:
-    files = sorted(glob.glob(os.path.join(directory, "*.pdparams")))
-    if files:
-        state = {}
-        for file in files:
-            state.update(paddle.load(file))
-    else:
-        safetensors = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
-        if not safetensors:
-            raise FileNotFoundError(f"{directory}: no model_state.pdparams or *.safetensors to resume from")
-        from safetensors.numpy import load_file
+    from alignment.models.loading import read_weights
 
-        state = {}
-        for file in safetensors:
-            state.update({k: paddle.to_tensor(v) for k, v in load_file(file).items()})
-    missing, unexpected = _plain(model).set_state_dict(state)
+    missing, unexpected = _plain(model).set_state_dict(read_weights(directory))
     if missing:
         raise ValueError(f"{directory}: checkpoint lacks parameters {missing[:5]}{'...' if len(missing) > 5 else ''}")
 
@@ -238,27 +238,17 @@ def save_final(trainer, output_dir: str) -> None:
     trainer.strategy.barrier()
 
 
-def _step_of(path: str) -> int:
-    m = re.search(r"checkpoint-(\d+)$", path.rstrip("/"))
-    return int(m.group(1)) if m else -1
-
-
 def resolve(output_dir: str, spec: str) -> str:
-    """``spec`` as a checkpoint directory; 'latest'/'true' picks the newest ``checkpoint-N`` in output_dir."""
-    if spec.lower() in ("latest", "true", "auto"):
-        found = [p for p in glob.glob(os.path.join(output_dir, "checkpoint-*")) if os.path.isfile(os.path.join(p, STATE_FILE))]
-        if not found:
-            raise FileNotFoundError(f"resume_from_checkpoint='{spec}': no checkpoint-N in {output_dir}")
-        return max(found, key=_step_of)
-    if not os.path.isfile(os.path.join(spec, STATE_FILE)):
-        raise FileNotFoundError(f"resume_from_checkpoint='{spec}': not a PPO checkpoint (no {STATE_FILE})")
-    return spec
+    """``spec`` as a complete checkpoint directory; 'latest'/'true'/'auto' picks the newest complete one."""
+    path, error = checkpoints.resolve(output_dir, spec)
+    if error:
+        raise FileNotFoundError(error)
+    if path is not None and not os.path.isfile(os.path.join(path, STATE_FILE)):
+        raise FileNotFoundError(f"resume_from_checkpoint='{spec}': {path} is not a PPO checkpoint (no {STATE_FILE})")
+    return path
 
 
 def rotate(output_dir: str, limit: Optional[int], strategy) -> None:
-    """Delete the oldest ``checkpoint-N`` directories beyond ``limit`` (main process only)."""
-    if not limit or not strategy.is_main_process:
-        return
-    found = sorted(glob.glob(os.path.join(output_dir, "checkpoint-*")), key=_step_of)
-    for old in found[:-limit]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Delete the oldest complete ``checkpoint-N`` beyond ``limit``, never the newest (main process only)."""
+    if strategy.is_main_process:
+        checkpoints.rotate(output_dir, limit)

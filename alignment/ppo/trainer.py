@@ -118,6 +118,13 @@ class PPOTrainer:
         self._reshard_stats: Dict[str, float] = {}
         self.global_step = 0
         self.history: list = []
+        # numeric guards: a non-finite reward / KL skips the update, a non-finite gradient the optimizer step
+        from alignment.utils.guards import NonFiniteGuard, guard_optimizer
+
+        self.guard = NonFiniteGuard(getattr(args, "max_nonfinite_steps", 3), args.output_dir, self.strategy)
+        for name, opt in (("actor", self.actor_optimizer), ("critic", self.critic_optimizer)):
+            if opt is not None:
+                guard_optimizer(opt, self.guard, lambda: self.global_step + 1, name=name)
 
     def _make_streams(self, train_dataset, ptx_dataset) -> None:
         """Prompt and ptx batch streams for this rank, and the number of steps of the run."""
@@ -214,6 +221,9 @@ class PPOTrainer:
         t1 = time.perf_counter()
         exp = self.experience(rollout)
         t2 = time.perf_counter()
+        reward = float(exp.scores.astype("float32").mean())
+        if self.guard.check(self.global_step + 1, what="update", reward=reward):  # before the normaliser sees it
+            return {"reward": reward, "nonfinite_skipped": float(self.guard.skipped)}
         exp, metrics = compute_advantages(
             exp, estimator=a.advantage_estimator, kl_coeff=a.kl_coeff, clip_range_score=a.clip_range_score,
             kl_estimator=a.kl_estimator, group_size=a.num_return_sequences, gamma=a.gamma, lam=a.lam,
@@ -221,6 +231,10 @@ class PPOTrainer:
             strategy=self.strategy,
         )
         t3 = time.perf_counter()
+        kl = metrics.get("kl_divergence")
+        if self.guard.check(self.global_step + 1, what="update", kl=kl):
+            return {**metrics, "nonfinite_skipped": float(self.guard.skipped)}
+        self.guard.watch(self.global_step + 1, kl=kl)
         metrics.update(self.updater.update(exp, self.ptx))
         self._copies_stale = True
         metrics.update(self._reshard_stats)
@@ -261,11 +275,13 @@ class PPOTrainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, float]:
         a, s = self.args, self.strategy
-        if a.resume_from_checkpoint:
-            path = checkpoint.resolve(a.output_dir, a.resume_from_checkpoint)
+        from alignment.training.runner import prepare_output_dir
+
+        # orphans of a killed save removed, another run's outputs refused, metrics past the checkpoint dropped
+        path = prepare_output_dir(a)
+        if path is not None:
+            checkpoint.resolve(a.output_dir, path)  # a PPO checkpoint (trainer_state.json)
             checkpoint.load(self, path)
-            if s.is_main_process:  # records past the checkpoint belong to the interrupted attempt
-                _truncate_metrics(a.output_dir, self.global_step)
         else:
             # model construction drew a layout-dependent number of random numbers: restart the streams
             # (tensor / pipeline replicas of one data rank share a stream; sampled ids are broadcast anyway)
@@ -344,18 +360,6 @@ def _generation_config(args: PPOArguments, tokenizer, max_length: Optional[int])
         repetition_penalty=args.repetition_penalty, num_return_sequences=args.num_return_sequences,
         sampler="fused" if args.use_fusemt and args.sampler == "default" else args.sampler,
     )
-
-
-def _truncate_metrics(output_dir: str, step: int) -> None:
-    import json
-
-    path = os.path.join(output_dir, "metrics.jsonl")
-    if os.path.exists(path):
-        from alignment.utils.io import atomic_write_text
-
-        with open(path, encoding="utf-8") as f:
-            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        atomic_write_text(path, "".join(keep))
 
 
 def _mean_records(records) -> Dict[str, float]:

@@ -133,7 +133,7 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: Optional[TinyModelSpec] =
         config.architectures = ["LlamaForCausalLM"]
         paddle.seed(spec.seed)
         model = LlamaForCausalLM(config)
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), safe_serialization=True)  # no pickle: model.safetensors
         (tmp / "tiny_model_spec.json").write_text(json.dumps(asdict(spec), indent=2))
     return out_dir
 

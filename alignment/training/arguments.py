@@ -12,7 +12,20 @@ from typing import Optional
 
 from alignment.models.loading import LoraArguments
 
-__all__ = ["ModelArguments", "DataArguments"]
+__all__ = ["ModelArguments", "DataArguments", "spec_from_text"]
+
+
+def spec_from_text(value, name: str = "train_datasets"):
+    """A dataset spec given as JSON text (a dict or list, from an argument file or a flag such as
+    ``--train_datasets '{"json": {"path": "a.jsonl", "format": "trl"}}'``) as the dict / list it spells."""
+    import json
+
+    if not isinstance(value, str) or value.lstrip()[:1] not in ("{", "["):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name}: not a valid JSON dataset spec ({e.msg}, column {e.colno}): {value[:80]}") from None
 
 
 @dataclass
@@ -65,6 +78,8 @@ class DataArguments:
 
         if isinstance(self.eval_datasets, str) and self.eval_datasets.strip().lower() in ("", "none", "null"):
             self.eval_datasets = None
+        self.train_datasets = spec_from_text(self.train_datasets, "train_datasets")
+        self.eval_datasets = spec_from_text(self.eval_datasets, "eval_datasets")
         if not self.train_datasets:
             raise ValueError(
                 "train_datasets must name at least one dataset, e.g. 'json:1.0:data/train.jsonl'"

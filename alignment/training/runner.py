@@ -15,7 +15,8 @@ from typing import Any, Optional, Tuple
 
 from alignment.training.arguments import DataArguments, ModelArguments
 
-__all__ = ["build_datasets", "load_models", "run_trainer", "save_model", "save_merged_lora", "finish"]
+__all__ = ["build_datasets", "load_models", "output_dir_problem", "prepare_output_dir", "run_trainer", "save_model",
+           "save_merged_lora", "finish"]
 
 
 def build_datasets(dataset_cls, data_args: DataArguments, tokenizer, seed: int) -> Tuple[Any, Optional[Any]]:
@@ -38,6 +39,13 @@ def load_models(model_args: ModelArguments, training_args, *, reference: Optiona
     (``model.alignment_criterion.fn``); the reference stays an ordinary (tensor-parallel) model, used once
     to precompute the reference log-probs and then released.
     """
+    import paddle
+
+    with paddle.utils.unique_name.guard():  # parameter names (optimizer-state keys) the same in a resumed run
+        return _load_models(model_args, training_args, reference=reference, need_reference=need_reference)
+
+
+def _load_models(model_args: ModelArguments, training_args, *, reference: Optional[str], need_reference: bool):
     from alignment.models.loading import load_causal_lm, load_tokenizer, resolve_dtype, wrap_lora
 
     dtype = resolve_dtype(training_args)
@@ -67,11 +75,92 @@ def load_models(model_args: ModelArguments, training_args, *, reference: Optiona
     return tokenizer, model, ref_model
 
 
+def _previous_run(out: str, with_metrics: bool = True) -> list:
+    import os
+
+    from alignment.training import checkpoints
+
+    if not os.path.isdir(out):
+        return []
+    metrics = with_metrics and os.path.isfile(os.path.join(out, "metrics.jsonl"))
+    return sorted(n for n in os.listdir(out) if n.startswith(f"{checkpoints.PREFIX}-")) + (
+        ["metrics.jsonl"] if metrics else [])
+
+
+def output_dir_problem(args, own_metrics: bool = False) -> Optional[str]:
+    """What is wrong with ``output_dir`` / ``resume_from_checkpoint`` of a training run, or None (no side
+    effects; ``alignment.utils.cli.parse_args`` asks before any model is loaded). ``own_metrics``: the
+    metrics.jsonl there was written by this process (an evaluation before training), not another run."""
+    import os
+
+    from alignment.training import checkpoints
+
+    out = getattr(args, "output_dir", None)
+    if not out:
+        return None
+    probe = os.path.abspath(out)
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        return f"option --output_dir '{out}': '{probe}' is a file, not a directory; choose another output_dir"
+    resume, error = checkpoints.resolve(out, getattr(args, "resume_from_checkpoint", None))
+    if error:
+        return f"option --{error}"
+    previous = _previous_run(out, with_metrics=not own_metrics)
+    if resume is None and previous and not getattr(args, "overwrite_output_dir", False):
+        more = " ..." if len(previous) > 4 else ""
+        return (f"option --output_dir '{out}' holds another run ({', '.join(previous[:4])}{more}); pass "
+                "--resume_from_checkpoint latest to continue it, --overwrite_output_dir true to start afresh "
+                "(removes them), or choose a new output_dir")
+    return None
+
+
+def prepare_output_dir(training_args, own_metrics: bool = False) -> Optional[str]:
+    """Check ``output_dir`` before training; returns the checkpoint to resume from (or None).
+
+    Removes what a killed save left behind, resolves ``resume_from_checkpoint`` (latest / true / auto: the
+    newest complete checkpoint), refuses an output_dir holding another run's checkpoints or metrics unless
+    ``overwrite_output_dir`` (which removes them) or a resume is asked for, and drops metric records past the
+    resumed step. Collective under several processes (the main process touches the disk).
+    """
+    import os
+    import shutil
+
+    from alignment.parallel import ParallelStrategy
+    from alignment.training import checkpoints
+
+    out = training_args.output_dir
+    strategy = ParallelStrategy.current()
+    if strategy.is_main_process:
+        checkpoints.clean_orphans(out)
+    strategy.barrier()
+    problem = output_dir_problem(training_args, own_metrics)
+    if problem:
+        raise ValueError(problem)
+    resume, _ = checkpoints.resolve(out, training_args.resume_from_checkpoint)
+    if resume is None and os.path.isdir(out):
+        previous = _previous_run(out, with_metrics=not own_metrics)
+        strategy.barrier()
+        if previous and strategy.is_main_process:
+            for name in previous:
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        strategy.barrier()
+    if resume is not None:
+        if strategy.is_main_process:
+            from alignment.utils.trainer import trim_metrics
+
+            trim_metrics(out, int(os.path.basename(resume.rstrip("/")).split("-")[-1]))
+        strategy.barrier()
+    return resume
+
+
 def run_trainer(trainer, training_args) -> None:
     """Train / evaluate as ``do_train`` / ``do_eval`` ask (train when neither is set), then save."""
     do_train = training_args.do_train or not training_args.do_eval
     if do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        resume = prepare_output_dir(training_args, own_metrics=bool(getattr(trainer, "metrics_history", None)))
+        result = trainer.train(resume_from_checkpoint=resume)
         save_model(trainer)
         trainer.log_metrics("train", result.metrics)
         trainer.save_state()
@@ -82,12 +171,41 @@ def run_trainer(trainer, training_args) -> None:
 def save_model(trainer, output_dir: Optional[str] = None) -> None:
     """The trained model as one single-process checkpoint (merged over tensor / pipeline ranks) + tokenizer.
 
-    Score-model trainers save through their own ``_save``; a pipeline-parallel causal LM is gathered with
-    ``alignment.parallel.checkpoint.full_state_dict``; everything else is the Trainer's merged save.
+    Written into a staging directory first; the main process then moves each file into ``output_dir``
+    (config.json last, each an atomic rename), so a kill never leaves a truncated file there. Collective.
     """
-    from alignment.models.pipeline import is_pipeline_model
+    import os
+    import shutil
+
+    from alignment.parallel import ParallelStrategy
+    from alignment.utils.safe_io import fsync_tree
 
     output_dir = output_dir or trainer.args.output_dir
+    strategy = ParallelStrategy.current()
+    staging = os.path.join(output_dir, ".tmp-final-model")
+    if strategy.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+    strategy.barrier()
+    _save_model_files(trainer, staging)
+    strategy.barrier()
+    if strategy.is_main_process:
+        fsync_tree(staging)
+        names = sorted(os.listdir(staging), key=lambda n: n == "config.json")
+        for name in names:
+            target = os.path.join(output_dir, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, name), target)
+        shutil.rmtree(staging, ignore_errors=True)
+    strategy.barrier()
+
+
+def _save_model_files(trainer, output_dir: str) -> None:
+    """Score-model trainers save through their own ``_save``; a pipeline-parallel causal LM is gathered with
+    ``alignment.parallel.checkpoint.full_state_dict``; everything else is the Trainer's merged save."""
+    from alignment.models.pipeline import is_pipeline_model
+
     if getattr(trainer, "merges_on_save", False) or not is_pipeline_model(trainer.model):
         trainer.save_model(output_dir, merge_tensor_parallel=True)
         return
@@ -112,7 +230,7 @@ def save_merged_lora(trainer, output_dir: str) -> None:
     model = trainer.model
     state = merge_lora_state_dict(model)
     if trainer.args.should_save:
-        model.model.save_pretrained(output_dir, state_dict=state)
+        model.model.save_pretrained(output_dir, state_dict=state, safe_serialization=True)
 
 
 def finish(trainer, model_args: ModelArguments, training_args) -> None:

@@ -29,6 +29,8 @@ import numpy as np
 import paddle
 import pytest
 
+from alignment.models.loading import read_weights
+
 from .launching import REPO, launch, run_single
 
 pytestmark = pytest.mark.distributed
@@ -109,8 +111,8 @@ def _compare(single: Path, other: Path, label: str, critic: bool = True) -> None
                                        err_msg=f"{label} step {ra['step']} {key}")
             worst = max(worst, abs(rb[key] - ra[key]))
     for sub in ("policy", "value") if critic else ("policy",):
-        wa = paddle.load(str(single / sub / "model_state.pdparams"))
-        wb = paddle.load(str(other / sub / "model_state.pdparams"))
+        wa = read_weights(str(single / sub))
+        wb = read_weights(str(other / sub))
         assert sorted(wa) == sorted(wb), set(wa) ^ set(wb)
         diff = max(float(np.abs(wa[k].numpy() - wb[k].numpy()).max()) for k in wa)
         print(f"{label}: worst metric diff {worst:.2e}, {sub} weight diff {diff:.2e}")
@@ -144,6 +146,12 @@ def test_ppo_layout_matches_one_process(layout, tiny_model_dir, ppo_inputs, tmp_
     other = _run(layout, nproc, flags, tiny_model_dir, ppo_inputs, root)
     _compare(single, other, layout, critic=baseline != "grpo")
     if layout.startswith("pp2") or layout == "tp2xpp2":
+        # the frozen reference and reward models are pipeline stages too: rank 0 holds part of each
+        whole = json.loads((single / "placement.json").read_text())["models"]
+        here = json.loads((other / "placement.json").read_text())["models"]
+        for role in ("actor", "critic", "reference", "reward_model"):
+            assert here[role]["placement"] == "pipeline stages", (role, here[role])
+            assert here[role]["parameters_on_rank"] < 0.75 * whole[role]["parameters_on_rank"], (role, here, whole)
         if "ptx" in layout:
             assert all("ptx_loss" in r for r in _records(other))
         records = _records(other)
@@ -169,7 +177,7 @@ def test_tp2_resume_continues_the_same_run(tiny_model_dir, ppo_inputs, tmp_path)
     flags = ("--tensor_parallel_degree", 2, "--save_strategy", "steps", "--save_steps", 1, "--save_total_limit", 3)
     full = tmp_path / "full"
     launch(SCRIPT, _argv(tiny_model_dir, rm, prompts, full, *flags), tmp_path / "full.log")
-    assert (full / "checkpoint-1" / "shards" / "rank1.pdparams").exists()
+    assert (full / "checkpoint-1" / "shards" / "rank1.safetensors").exists()
     resumed = tmp_path / "resumed"
     import shutil
 
@@ -182,6 +190,6 @@ def test_tp2_resume_continues_the_same_run(tiny_model_dir, ppo_inputs, tmp_path)
     for key in COMPARED:
         if key in a[0]:
             np.testing.assert_allclose(b[0][key], a[0][key], rtol=1e-6, atol=1e-7, err_msg=key)
-    wa = paddle.load(str(full / "policy" / "model_state.pdparams"))
-    wb = paddle.load(str(resumed / "policy" / "model_state.pdparams"))
+    wa = read_weights(str(full / "policy"))
+    wb = read_weights(str(resumed / "policy"))
     assert max(float(np.abs(wa[k].numpy() - wb[k].numpy()).max()) for k in wa) < 1e-6

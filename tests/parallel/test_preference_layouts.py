@@ -23,6 +23,7 @@ import numpy as np
 import paddle
 import pytest
 
+from alignment.models.loading import read_weights
 from alignment.utils.trainer import read_metrics
 
 from .launching import REPO, launch, run_single
@@ -57,7 +58,7 @@ def teacher_dir(tiny_model_dir, tmp_path_factory) -> Path:
     with paddle.no_grad():
         for p in model.parameters():
             p.set_value(p * 1.1)
-    model.save_pretrained(str(out))
+    model.save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(out))
     return out
 
@@ -100,8 +101,8 @@ def test_layout_matches_one_process(stage, extra, layout, tiny_model_dir, teache
     assert a[-1] != a[0]  # the run trains: a comparison of constant losses would prove nothing
     print(f"{stage} {extra} {layout}: loss max abs diff {np.abs(np.subtract(a, b)).max():.2e}")
     np.testing.assert_allclose(b, a, rtol=1e-6, atol=LOSS_ATOL)
-    wa = paddle.load(str(single / "model_state.pdparams"))
-    wb = paddle.load(str(out / "model_state.pdparams"))
+    wa = read_weights(str(single))
+    wb = read_weights(str(out))
     assert sorted(wa) == sorted(wb)
     diff = max(float(np.abs(wa[k].numpy() - wb[k].numpy()).max()) for k in wa)
     print(f"{stage} {extra} {layout}: weight max abs diff {diff:.2e}")

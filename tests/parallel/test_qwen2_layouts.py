@@ -13,6 +13,7 @@ import numpy as np
 import paddle
 import pytest
 
+from alignment.models.loading import read_weights
 from alignment.utils.trainer import read_metrics
 
 from .launching import REPO, launch, run_single
@@ -31,7 +32,7 @@ def qwen2_dir(tiny_model_dir, tmp_path_factory) -> Path:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     config.architectures = ["Qwen2ForCausalLM"]
-    Qwen2ForCausalLM(config).save_pretrained(str(out))
+    Qwen2ForCausalLM(config).save_pretrained(str(out), safe_serialization=True)
     for f in glob.glob(f"{tiny_model_dir}/*token*") + glob.glob(f"{tiny_model_dir}/*.model"):
         shutil.copy(f, out)
     return out
@@ -48,14 +49,14 @@ def _argv(model, out, *extra):
 def test_qwen2_sft_tp2_and_pp2_match_one_process(qwen2_dir, tmp_path):
     run_single(SCRIPT, _argv(qwen2_dir, tmp_path / "single"), tmp_path / "single.log")
     base = [r["loss"] for r in read_metrics(str(tmp_path / "single")) if "loss" in r and "train_loss" not in r]
-    w0 = paddle.load(str(tmp_path / "single" / "model_state.pdparams"))
+    w0 = read_weights(str(tmp_path / "single"))
     for name, flags in (("tp2", ("--tensor_parallel_degree", 2)), ("pp2", ("--pipeline_parallel_degree", 2))):
         out = tmp_path / name
         launch(SCRIPT, _argv(qwen2_dir, out, *flags), tmp_path / f"{name}.log")
         losses = [r["loss"] for r in read_metrics(str(out)) if "loss" in r and "train_loss" not in r]
         assert len(losses) == len(base) == 4 and base[-1] < base[0]
         np.testing.assert_allclose(losses, base, rtol=0, atol=1e-5, err_msg=name)
-        w = paddle.load(str(out / "model_state.pdparams"))
+        w = read_weights(str(out))
         assert sorted(w) == sorted(w0)
         diff = max(float(np.abs(w[k].numpy() - w0[k].numpy()).max()) for k in w0)
         print(f"qwen2 {name}: loss diff {np.abs(np.subtract(losses, base)).max():.2e}, weight diff {diff:.2e}")

@@ -14,6 +14,7 @@ import numpy as np
 import paddle
 import pytest
 
+from alignment.models.loading import read_weights
 from alignment.ppo.config import RL_ALGORITHMS, DataArgument, ModelArgument, PPOArguments
 from alignment.ppo.rewards import TokenSetReward
 from alignment.ppo.run_ppo import build_trainer, main
@@ -252,8 +253,8 @@ def test_resume_continues_the_same_run(tmp_path, data_files, tiny_model_dir, rm_
     for ra, rb in zip(a, b):
         for key in ("reward", "kl_divergence", "actor_loss", "critic_loss", "returns", "norm_reward", "actor_lr"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-6), (ra["step"], key)
-    wa = paddle.load(str(full / "policy" / "model_state.pdparams"))
-    wb = paddle.load(str(part / "policy" / "model_state.pdparams"))
+    wa = read_weights(str(full / "policy"))
+    wb = read_weights(str(part / "policy"))
     assert max(float(np.abs(wa[k].numpy() - wb[k].numpy()).max()) for k in wa) < 1e-5
 
 
@@ -293,8 +294,8 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, data_files, tin
                     "advantages", "response_length"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-3, abs=1e-4), (ra["step"], key, ra[key], rb[key])
             worst = max(worst, abs(rb[key] - ra[key]))
-    wa = paddle.load(str(tmp_path / "single" / "cli" / "policy" / "model_state.pdparams"))
-    wb = paddle.load(str(tmp_path / "dp" / "cli" / "policy" / "model_state.pdparams"))
+    wa = read_weights(str(tmp_path / "single" / "cli" / "policy"))
+    wb = read_weights(str(tmp_path / "dp" / "cli" / "policy"))
     pdiff = max(float(np.abs(wa[k].numpy() - wb[k].numpy()).max()) for k in wa)
     print(f"DP vs single: worst metric diff {worst:.2e}, worst policy weight diff {pdiff:.2e}")
     assert pdiff < 5e-4

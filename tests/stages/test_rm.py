@@ -75,7 +75,7 @@ def test_synthetic_preference_reaches_95_percent_and_checkpoint_loads(tiny_model
     train = [r for r in read_metrics(str(out)) if "accuracy" in r and "loss" in r]
     assert train[-1]["loss"] < train[0]["loss"] and train[-1]["accuracy"] >= 0.9
 
-    for name in ("config.json", "model_state.pdparams", "value_head.safetensors", "tokenizer_config.json"):
+    for name in ("config.json", "model.safetensors", "value_head.safetensors", "tokenizer_config.json"):
         assert (out / name).exists(), name
     config = json.loads((out / "config.json").read_text())
     assert (config["score_type"], config["normalizer_type"], config["momentum"]) == ("reward", "ExponentialMovingAverage", 0.9)
