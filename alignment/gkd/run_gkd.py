@@ -30,8 +30,7 @@ def main(argv: Optional[Sequence[str]] = None):
 
     from alignment.data import SupervisedDataset
     from alignment.gkd.trainer import GKDTrainer
-    from alignment.models.loading import load_causal_lm, resolve_dtype
-    from alignment.training.runner import build_datasets, finish, load_models
+    from alignment.training.runner import build_datasets, finish, load_frozen_lm, load_models
     from alignment.utils.cli import ArgumentError, parse_args
 
     model_args, data_args, gkd_args, training_args = parse_args(
@@ -41,8 +40,9 @@ def main(argv: Optional[Sequence[str]] = None):
         raise ArgumentError("teacher_model_name_or_path is required for GKD (a hub name or local path)")
     set_seed(training_args.seed)
     tokenizer, model, _ = load_models(model_args, training_args, reference=None, need_reference=False)
-    teacher = load_causal_lm(gkd_args.teacher_model_name_or_path, dtype=resolve_dtype(training_args),
-                             use_flash_attention=model_args.use_flash_attention, tokenizer=tokenizer, frozen=True)
+    # split like the student (pipeline stages, stage-3 shards) unless the teacher also generates (seq_kd)
+    teacher = load_frozen_lm(gkd_args.teacher_model_name_or_path, model_args, training_args, tokenizer=tokenizer,
+                             generates=gkd_args.seq_kd)
     train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)
     trainer = GKDTrainer(
         model, training_args, gkd_args=gkd_args, teacher_model=teacher, pad_token_id=tokenizer.pad_token_id,

@@ -125,7 +125,8 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
     # ---------------------------------------------------------------------------------- pipeline parallel
     def _bind_pipeline(self, model) -> None:
         """Under pipeline parallelism the student is a PipelineLayer whose last stage computes the JSD (+ NLL)
-        against teacher logits computed for each micro-batch by the (ordinary, tensor-parallel) teacher;
+        against teacher logits computed for each micro-batch by the teacher (pipeline stages too, whose last
+        stage is the student's: the logits never move; an ordinary model with ``seq_kd``);
         on-policy samples come from a tensor-parallel generation copy refreshed after every update."""
         from alignment.models.pipeline import generation_copy
 
@@ -140,9 +141,14 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
         micro = []
         for b in batches:
             b = dict(b)
-            with paddle.no_grad():
-                b["teacher_logits"] = model_logits(self.teacher_model, b["input_ids"], b["attention_mask"])
             b["position_ids"] = position_ids_from_mask(b["attention_mask"])
+            if hasattr(self.teacher_model, "map_micro_batches"):  # teacher stages: its logits stay on the last
+                b["teacher_logits"] = self.teacher_model.map_micro_batches(  # stage, where the student's loss is
+                    lambda logits, rows: logits, b["input_ids"], b["attention_mask"], b["position_ids"],
+                    micro_batch_size=int(b["input_ids"].shape[0]), broadcast=False)
+            else:
+                with paddle.no_grad():
+                    b["teacher_logits"] = model_logits(self.teacher_model, b["input_ids"], b["attention_mask"])
             micro.append(b)
         return pipeline_inputs(micro, first=("input_ids", "attention_mask", "position_ids"),
                                labels=("labels", "teacher_logits"), pad_values={"input_ids": self.pad_token_id})

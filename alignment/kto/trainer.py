@@ -23,7 +23,7 @@ from alignment.training.logps import (
     completion_logps,
     logits_completion_logps,
     position_ids_from_mask,
-    reference_context,
+    reference_logps,
 )
 from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
@@ -76,17 +76,15 @@ class KTOTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
     def _reference_scores(self, inputs: Dict[str, paddle.Tensor], with_kl: bool):
         """Reference log-probs of the completions (and of the KL completions), one forward of B or 2B rows."""
         rows = self._rows(inputs, with_kl)
-        ref = self.ref_model if self.ref_model is not None else self.model
-        with reference_context(ref):
-            out = completion_logps(ref, *rows)
+        logps = reference_logps(self.ref_model if self.ref_model is not None else self.model, *rows)
         n = inputs["input_ids"].shape[0]
-        return out.logps[:n].detach(), (out.logps[n:].detach() if with_kl else None)
+        return logps[:n], (logps[n:] if with_kl else None)
 
     # ---------------------------------------------------------------------------------- pipeline parallel
     def _bind_pipeline(self, model) -> None:
         """Under pipeline parallelism the policy is a PipelineLayer: each micro-batch's completions and KL
-        completions go through it as 2B rows, the (ordinary, tensor-parallel) reference scores them on
-        every rank first, and the last stage computes the loss from the rows' log-probs."""
+        completions go through it as 2B rows, the reference (pipeline stages too) scores them first, and the
+        last stage computes the loss from the rows' log-probs."""
         if self.ref_model is None:
             raise ValueError("kto with pipeline_parallel_degree > 1 needs a reference model (no LoRA policy)")
         model.alignment_criterion.fn = self._pipeline_loss

@@ -273,9 +273,11 @@ class LoraArguments:
 
 
 def wrap_lora(
-    model, lora_args: LoraArguments, *, dtype: Any = None, base_model_name_or_path: Optional[str] = None
+    model, lora_args: LoraArguments, *, dtype: Any = None, base_model_name_or_path: Optional[str] = None,
+    seed: Optional[int] = None,
 ):
-    """Wrap ``model`` in ``paddlenlp.peft.LoRAModel``; only the adapters stay trainable.
+    """Wrap ``model`` (a plain or pipeline causal LM) in ``paddlenlp.peft.LoRAModel``; only the adapters stay
+    trainable. With ``seed`` the adapters start the same under every layout (``seed_lora_weights``).
 
     Raises ``ValueError`` naming the patterns when no layer matches ``lora_target_modules``.
     """
@@ -298,7 +300,38 @@ def wrap_lora(
     )
     model = LoRAModel(model, config)
     model.mark_only_lora_as_trainable()
+    if seed is not None:
+        seed_lora_weights(model, seed)
     return model
+
+
+def seed_lora_weights(lora_model, seed: int) -> None:
+    """Draw every ``lora_A`` from its parameter name and ``seed`` alone, so one process, a pipeline model (other
+    build order) and tensor-parallel ranks (a row-parallel layer holds a slice of the input rows) start from
+    the same adapters. Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), the bound of PaddleNLP's Kaiming-uniform
+    default for lora_A; lora_B stays zero, so the first forward equals the base model's."""
+    import zlib
+
+    import numpy as np
+
+    from alignment.parallel import ParallelStrategy
+
+    strategy = ParallelStrategy.current()
+    tp, rank = strategy.tensor_parallel_degree, strategy.tensor_parallel_rank
+    owners = {id(layer.lora_A): layer for layer in lora_model.model.sublayers() if hasattr(layer, "lora_A")}
+    with paddle.no_grad():
+        for name, param in lora_model.model.state_dict().items():
+            layer = owners.get(id(param))
+            if layer is None:
+                continue
+            rows = int(param.shape[0]) * (tp if "RowParallel" in type(layer).__name__ else 1)
+            rng = np.random.RandomState((zlib.crc32(name.encode()) ^ int(seed)) % 2 ** 32)
+            bound = 1.0 / np.sqrt(rows)
+            full = rng.uniform(-bound, bound, size=(rows, int(param.shape[1]))).astype("float32")
+            if rows != int(param.shape[0]):
+                per = int(param.shape[0])
+                full = full[rank * per:(rank + 1) * per]
+            param.set_value(paddle.to_tensor(full).astype(param.dtype))
 
 
 def merge_lora_state_dict(lora_model) -> Dict[str, paddle.Tensor]:
@@ -308,13 +341,13 @@ def merge_lora_state_dict(lora_model) -> Dict[str, paddle.Tensor]:
     ``AutoModelForCausalLM.from_pretrained`` loads without paddlenlp.peft.
     """
     base = lora_model.model
-    merged = {k: v for k, v in base.state_dict().items() if "lora_" not in k}
+    deltas = {}  # by parameter identity: a pipeline model's state-dict names are not its sublayer names
     with paddle.no_grad():
-        for name, layer in base.named_sublayers():
+        for layer in base.sublayers():
             is_lora = hasattr(layer, "get_delta_weight") and hasattr(layer, "lora_A")
             if is_lora and not getattr(layer, "merged", False):
-                merged[f"{name}.weight"] = layer.weight + layer.get_delta_weight().astype(layer.weight.dtype)
-    return merged
+                deltas[id(layer.weight)] = layer.weight + layer.get_delta_weight().astype(layer.weight.dtype)
+    return {k: deltas.get(id(v), v) for k, v in base.state_dict().items() if "lora_" not in k}
 
 
 def save_causal_lm(save_dir: str, state_dict: Dict[str, paddle.Tensor], config, architecture: str) -> None:

@@ -18,7 +18,8 @@ single-model names. Two things are ours:
 
 Micro-batches are passed as lists (one tensor per micro-batch), so a micro-batch may hold any number of rows
 (a preference pair is two rows) and the last batch of an epoch may be short. ``pipeline_inputs`` pads the
-micro-batches of one accumulation cycle to one sequence length, as the stage-to-stage transfer expects.
+micro-batches of one accumulation cycle to one sequence length and one row count, as the stage-to-stage
+transfer expects (``cycle_inputs``; the criterion drops the filler rows).
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import paddle
 from paddle import nn
 
-__all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "stack_pairs", "pad_columns", "load_causal_lm_pipe", "load_score_model_pipe",
-           "pipe_class", "is_pipeline_model", "single_architecture", "generation_copy"]
+__all__ = ["PipeCriterion", "ScoreHeadPipe", "pipeline_inputs", "cycle_inputs", "real_rows", "stack_pairs", "pad_columns", "load_causal_lm_pipe", "load_score_model_pipe",
+           "pipe_class", "is_pipeline_model", "single_architecture", "generation_copy", "FrozenPipeline",
+           "frozen_causal_lm_pipe", "frozen_score_model_pipe"]
 
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100, "position_ids": 0}
 
 
 class PipeCriterion(nn.Layer):
-    """The last stage's loss: ``fn(output, labels)`` with ``labels`` the tuple of label tensors."""
+    """The last stage's loss: ``fn(output, labels)`` with ``labels`` the tuple of label tensors.
+
+    The last label is the micro-batch's row count (``cycle_inputs`` appends it): rows past it are copies
+    added so that every micro-batch of a cycle has one shape, and are cut from ``output`` before ``fn``.
+    """
 
     def __init__(self, fn: Callable[[paddle.Tensor, tuple], paddle.Tensor]):
         super().__init__()
@@ -44,7 +50,18 @@ class PipeCriterion(nn.Layer):
     def forward(self, output, labels):
         if not isinstance(labels, (tuple, list)):
             labels = (labels,)
-        return self.fn(output, tuple(labels))
+        *labels, rows = labels
+        return self.fn(real_rows(output, rows), tuple(labels))
+
+
+def real_rows(output, rows):
+    """``output`` (a tensor or a tuple of tensors, rows first) without the padding rows past ``rows``."""
+    n = int(rows.reshape([-1])[0]) if isinstance(rows, paddle.Tensor) else int(rows)
+    if isinstance(output, (tuple, list)):
+        return type(output)(real_rows(o, n) for o in output)
+    if isinstance(output, paddle.Tensor) and output.ndim >= 1 and output.shape[0] > n:
+        return output[:n]
+    return output
 
 
 class ScoreHeadPipe(nn.Layer):
@@ -247,7 +264,31 @@ def pipeline_inputs(
 
     first_cols = tuple(column(k, to_bool=(k == "attention_mask")) for k in first)
     label_cols = tuple(column(k) for k in labels)
-    return [first_cols, label_cols]
+    return cycle_inputs(first_cols, label_cols)
+
+
+def cycle_inputs(first_cols: Sequence[List[paddle.Tensor]], label_cols: Sequence[list]) -> List[tuple]:
+    """``[first-stage inputs, labels + (row counts,)]`` with every micro-batch of the cycle at one row count.
+
+    ``first_cols``: one list per first-stage input (one tensor per micro-batch, rows first, one sequence
+    length). Stages size the receive buffers of the backward pass from the shapes of the forward one, so a
+    short micro-batch (the last batch of an epoch) in a cycle of several would make them disagree (gloo
+    aborts on the size mismatch). Short micro-batches are therefore filled up with copies of their first
+    row (real sequences, so no all-masked row can turn into NaN); each micro-batch's own row count is
+    appended to its labels, and ``PipeCriterion`` / ``real_rows`` drop the copies before any loss.
+    """
+    rows = [int(t.shape[0]) for t in first_cols[0]]
+    width = max(rows)
+
+    def fill(t):
+        if t is None or t.ndim == 0 or int(t.shape[0]) == width:
+            return t
+        copies = paddle.expand(t[:1], [width - int(t.shape[0]), *t.shape[1:]])
+        return paddle.concat([t, copies.astype(t.dtype)], axis=0)
+
+    padded = tuple([fill(t) for t in col] for col in first_cols)
+    counts = [paddle.to_tensor([n], dtype="int64") for n in rows]
+    return [padded, (*label_cols, counts)]
 
 
 def generation_copy(pipe_model, mode: str, *, score: bool):
@@ -270,4 +311,101 @@ def generation_copy(pipe_model, mode: str, *, score: bool):
     else:
         def build():
             return AutoModelForCausalLM.from_config(config)
-    return GenerationCopy(pipe_model, build, mode=mode, strategy=strategy)
+    state_fn = None
+    if hasattr(pipe_model, "lora_config"):  # a LoRA pipeline model: generate with the adapters merged in
+        from .loading import merge_lora_state_dict
+
+        def state_fn():
+            return merge_lora_state_dict(pipe_model)
+    return GenerationCopy(pipe_model, build, mode=mode, strategy=strategy, state_fn=state_fn)
+
+
+class FrozenPipeline:
+    """A frozen model (reference, reward, teacher) as pipeline stages, run forward-only.
+
+        ref = FrozenPipeline(strategy.wrap_frozen_pipeline(load_causal_lm_pipe(path, criterion=...)), strategy)
+        logps = ref.map_micro_batches(lambda logits, rows: my_logps(logits, rows), ids, mask, pos, 8)
+
+    Each stage holds only its layers, so the frozen model's parameters are split over the pipeline group like
+    the trained models'. ``map_micro_batches`` cuts the rows into micro-batches, runs them as one pipelined
+    pass (fleet's ``eval_batch``), applies ``reduce(last-stage output, row slice)`` to each micro-batch on the
+    last stage (log-probs from logits, end scores from per-token scores: the (B, L, V) logits never leave
+    that stage) and hands the concatenated result to every stage of the group (``broadcast=False``: only
+    the last stage gets it, None elsewhere). Every rank of the pipeline group must call it with the same rows.
+    """
+
+    training = False
+
+    def __init__(self, pipeline_model, strategy):
+        self.model = pipeline_model
+        self.strategy = strategy
+
+    @property
+    def config(self):
+        from alignment.parallel import unwrap_model
+
+        return unwrap_model(self.model).config
+
+    def eval(self):  # frozen: always in eval mode (the ``eval_mode`` protocol)
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def map_micro_batches(self, reduce: Callable[[paddle.Tensor, slice], paddle.Tensor], input_ids: paddle.Tensor,
+                          attention_mask: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None,
+                          micro_batch_size: int = 8, broadcast: bool = True):
+        n, size = int(input_ids.shape[0]), max(1, int(micro_batch_size))
+        slices = [slice(s, min(s + size, n)) for s in range(0, n, size)]
+        first = ("input_ids", "attention_mask") + (("position_ids",) if position_ids is not None else ())
+        batches = [{"input_ids": input_ids[sl], "attention_mask": attention_mask[sl],
+                    "position_ids": None if position_ids is None else position_ids[sl]} for sl in slices]
+        data = pipeline_inputs(batches, first=first, labels=())
+        model, steps = self.model, self.model.accumulate_steps
+        model.accumulate_steps = len(slices)
+        try:
+            with paddle.no_grad():
+                outputs = model.eval_batch(data, compute_loss=False)
+        finally:
+            model.accumulate_steps = steps
+        result = None
+        if self.strategy.is_last_stage:
+            parts = []
+            for out, sl in zip(outputs, slices):
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                parts.append(reduce(real_rows(out, sl.stop - sl.start), sl))
+            result = paddle.concat(parts)
+        if not broadcast:
+            return result
+        value = self.strategy.broadcast_from_last_stage(None if result is None else result.numpy())
+        return paddle.to_tensor(value)
+
+
+def frozen_causal_lm_pipe(path: str, strategy, *, dtype: Any = None, use_flash_attention: Optional[bool] = None
+                          ) -> FrozenPipeline:
+    """A frozen causal LM (reference, teacher) as pipeline stages; see ``FrozenPipeline``."""
+    model = load_causal_lm_pipe(path, criterion=PipeCriterion(_forward_only), dtype=dtype,
+                                use_flash_attention=use_flash_attention)
+    return FrozenPipeline(strategy.wrap_frozen_pipeline(model), strategy)
+
+
+def frozen_score_model_pipe(path: str, strategy, *, dtype: Any = None, use_flash_attention: Optional[bool] = None
+                            ) -> FrozenPipeline:
+    """A frozen score model (reward, cost) with its trained head as pipeline stages; outputs raw scores."""
+    from .loading import load_config
+    from .score_model import ScoreConfig, ScoreHeadMissingError, has_score_head
+
+    if not has_score_head(path):
+        raise ScoreHeadMissingError(f"'{path}' has no score head; a reward model needs a trained one")
+    score = ScoreConfig.from_config(load_config(path)) or ScoreConfig()
+    model = load_score_model_pipe(path, criterion=PipeCriterion(_forward_only), dtype=dtype,
+                                  score_dim=score.score_dim, bias=score.bias, use_flash_attention=use_flash_attention)
+    model.score_config = score
+    return FrozenPipeline(strategy.wrap_frozen_pipeline(model), strategy)
+
+
+def _forward_only(*_):
+    raise RuntimeError("a frozen pipeline model computes no loss")

@@ -42,10 +42,12 @@ class GenerationCopy:
     """A plain (non-pipeline) copy of a pipeline model, refreshed from its weights; see the module docstring."""
 
     def __init__(self, pipe_model, build: Callable[[], paddle.nn.Layer], mode: str = "tensor_parallel",
-                 strategy: Optional[ParallelStrategy] = None):
+                 strategy: Optional[ParallelStrategy] = None,
+                 state_fn: Optional[Callable[[], Dict[str, paddle.Tensor]]] = None):
         if mode not in EVAL_MODES:
             raise ValueError(f"eval_mode='{mode}' is not valid; allowed values: {', '.join(EVAL_MODES)}")
         self.pipe = pipe_model
+        self.state_fn = state_fn or (lambda: unwrap_model(self.pipe).state_dict())  # LoRA: the merged weights
         self.mode = mode
         self.strategy = strategy or ParallelStrategy.current()
         with paddle.utils.unique_name.guard():
@@ -77,7 +79,7 @@ class GenerationCopy:
         """Copy the current training weights into ``self.model``; returns the seconds and bytes it took."""
         t0 = time.perf_counter()
         s = self.strategy
-        mine = _numpy_state(unwrap_model(self.pipe).state_dict())
+        mine = _numpy_state(self.state_fn())
         received = 0
         if self.mode == "single" and s.tensor_parallel_degree > 1:
             merged = self._merge_tensor_parallel(mine)

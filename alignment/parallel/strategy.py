@@ -333,6 +333,18 @@ class ParallelStrategy:
             dist.broadcast(tensor, src=group.ranks[0], group=group)
         return tensor
 
+    def all_done(self, done: bool) -> bool:
+        """``done`` agreed over the ranks whose forward passes are collectives with this one's.
+
+        Under sharding stage 3 every forward gathers parameters over the sharding group, so a decode loop
+        may only stop when every data-carrying rank's rows have finished (the others keep emitting pad);
+        elsewhere each rank decides alone.
+        """
+        if self.sharding != "stage3" or self.sharding_parallel_degree == 1:
+            return done
+        pending = self.all_reduce_max(paddle.to_tensor([0.0 if done else 1.0]))
+        return float(pending[0]) == 0.0
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
@@ -370,7 +382,7 @@ class ParallelStrategy:
 
         ``factory`` must build the model for this layout (pass ``model_kwargs()`` to ``from_pretrained``).
         Frozen models (``trainable=False``) are put in eval mode with ``stop_gradient`` on every parameter
-        and returned unwrapped; trainable ones are wrapped for data parallel (one process: unchanged).
+        and returned unwrapped (under stage3 with their parameters sharded: ``shard_frozen``); trainable ones are wrapped for data parallel (one process: unchanged).
         Under hybrid parallelism the trainer wraps a trainable model together with its optimizer
         (``wrap_model_and_optimizer``), since sharding stage 2 / 3 wrap both at once.
         """
@@ -379,11 +391,20 @@ class ParallelStrategy:
             model.eval()
             for p in model.parameters():
                 p.stop_gradient = True
-            return model
+            return self.shard_frozen(model)
         model.train()
         if self.hybrid:
             return model
         return self.wrap_model(model, find_unused_parameters=find_unused_parameters)
+
+    def shard_frozen(self, model: paddle.nn.Layer) -> paddle.nn.Layer:
+        """Under ``sharding='stage3'`` a frozen model's parameters are split over the sharding group too
+        (``alignment.parallel.frozen``); elsewhere ``model`` is unchanged. Not for a model that generates."""
+        if self.sharding == "stage3" and self.sharding_parallel_degree > 1:
+            from .frozen import shard_frozen_parameters
+
+            shard_frozen_parameters(model, self.sharding_parallel_group)
+        return model
 
     def wrap_model(self, model: paddle.nn.Layer, find_unused_parameters: bool = False) -> paddle.nn.Layer:
         """``paddle.DataParallel`` for pure data parallel (parameters are broadcast from rank 0), else ``model``."""
@@ -425,6 +446,16 @@ class ParallelStrategy:
             if hasattr(wrapped, "_init_user_hooks"):  # per-micro-step hook slots are sized at wrap time
                 wrapped._init_user_hooks()
         return wrapped, fleet.distributed_optimizer(optimizer)
+
+    def wrap_frozen_pipeline(self, model: paddle.nn.Layer) -> paddle.nn.Layer:
+        """A frozen ``PipelineLayer`` as fleet's ``PipelineParallel`` for forward-only ``eval_batch`` passes
+        (eval mode, ``stop_gradient`` on every parameter, no optimizer)."""
+        from paddle.distributed import fleet
+
+        model.eval()
+        for p in model.parameters():
+            p.stop_gradient = True
+        return fleet.distributed_model(model)
 
     unwrap = staticmethod(unwrap_model)
 

@@ -12,7 +12,8 @@ the reference always comes from the SFT checkpoint.
 With ``pipeline_parallel_degree > 1`` the actor and critic are pipeline models (``alignment.models.pipeline``)
 whose last stage computes the actor / critic loss (bound by the updater), and each gets a generation copy
 (``alignment.parallel.reshard.GenerationCopy``, layout ``eval_mode``) for rollout and experience scoring;
-the frozen reference and reward models are ordinary models, split over the tensor-parallel group.
+the frozen reference and reward models are pipeline stages too (``alignment.models.pipeline.FrozenPipeline``:
+forward-only, log-probs and end scores reduced on the last stage and broadcast over the pipeline group).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from alignment.parallel import ParallelStrategy
 from .config import DataArgument, ModelArgument, PPOArguments
 from .trainer import PPOModels
 
-__all__ = ["load_causal_lm", "load_score_model", "build_models"]
+__all__ = ["load_causal_lm", "load_score_model", "build_models", "placement"]
 
 
 def load_causal_lm(path: str, *, recompute: bool = False, recompute_granularity: str = "full",
@@ -80,19 +81,27 @@ def build_models(
             lambda: load_causal_lm(actor_path, recompute=args.recompute, **lm_kwargs), role="actor", trainable=True
         )
     need_reference = args.kl_coeff > 0 or args.kl_loss_coeff > 0
-    reference = (
-        strategy.create_model(lambda: load_causal_lm(actor_path, **lm_kwargs), role="reference", trainable=False)
-        if need_reference
-        else None
-    )
-    reward_model = reward_tok = None
+    reference = reward_model = reward_tok = None
+    flash = model_args.use_flash_attention
+    if need_reference and pipeline:  # stages of the pipeline group, like the actor's
+        from alignment.models.pipeline import frozen_causal_lm_pipe
+
+        reference = frozen_causal_lm_pipe(actor_path, strategy, dtype="float32", use_flash_attention=flash)
+    elif need_reference:
+        reference = strategy.create_model(lambda: load_causal_lm(actor_path, **lm_kwargs), role="reference",
+                                          trainable=False)
     if with_reward_model:
         reward_path = model_args.reward_model_name_or_path
         reward_tok = load_tokenizer(reward_path, padding_side="right", ensure_pad=False)
-        reward_model = strategy.create_model(
-            lambda: load_score_model(reward_path, score_type="reward", use_flash_attention=model_args.use_flash_attention),
-            role="reward", trainable=False
-        )
+        if pipeline:
+            from alignment.models.pipeline import frozen_score_model_pipe
+
+            reward_model = frozen_score_model_pipe(reward_path, strategy, dtype="float32", use_flash_attention=flash)
+        else:
+            reward_model = strategy.create_model(
+                lambda: load_score_model(reward_path, score_type="reward", use_flash_attention=flash),
+                role="reward", trainable=False
+            )
     critic = None
     if args.use_critic:
         critic_path = model_args.reward_critic_model_name_or_path or model_args.reward_model_name_or_path
@@ -122,7 +131,44 @@ def build_models(
         mode = args.eval_mode or "tensor_parallel"
         models.actor_copy = generation_copy(actor, mode, score=False)
         models.critic_copy = generation_copy(critic, mode, score=True) if critic is not None else None
+    report = placement(models, strategy)
+    if strategy.is_main_process and args.output_dir:
+        import os
+
+        from alignment.utils.io import atomic_write_json
+
+        os.makedirs(args.output_dir, exist_ok=True)
+        atomic_write_json(os.path.join(args.output_dir, "placement.json"), report)
     return models
+
+
+def placement(models: PPOModels, strategy: ParallelStrategy) -> dict:
+    """Where each model lives and how many of its parameter elements this rank holds (written by
+    ``build_models`` as ``output_dir/placement.json``, from the main process's view)."""
+    from alignment.models.pipeline import is_pipeline_model
+
+    out = {"layout": strategy.describe(), "models": {}}
+    for role in ("actor", "critic", "reference", "reward_model"):
+        model = getattr(models, role)
+        if model is None:
+            continue
+        shards = getattr(model, "_frozen_shards", None)
+        params = list(model.parameters())
+        local = sum(int(p.numel()) for p in params if shards is None or id(p) not in shards.shards)
+        if shards is not None:
+            local += sum(int(t.numel()) for t in shards.shards.values())
+        if hasattr(model, "map_micro_batches") or is_pipeline_model(model):
+            where = "pipeline stages"
+        elif shards is not None:
+            where = "stage3 shards"
+        elif role in ("actor", "critic") and strategy.sharding_parallel_degree > 1:
+            where = f"sharding {strategy.sharding} (wrapped with its optimizer)"
+        elif strategy.tensor_parallel_degree > 1:
+            where = "tensor parallel"
+        else:
+            where = "whole on every rank"
+        out["models"][role] = {"placement": where, "parameters_on_rank": local}
+    return out
 
 
 def _unbound(*_):

@@ -27,7 +27,7 @@ from alignment.algorithms import registry
 from alignment.algorithms.policy import entropy_bonus, kl_penalty_loss
 from alignment.algorithms.utils import gather_logps, masked_mean
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
-from alignment.models.pipeline import pad_columns
+from alignment.models.pipeline import cycle_inputs, pad_columns
 from alignment.rollout import (
     Experience,
     logits_response_logps,
@@ -296,14 +296,14 @@ class PPOUpdater:
                 columns = list(zip(*rows))
                 inputs = (list(columns[0]), [m.astype("bool") for m in columns[1]], list(columns[2]))
                 labels = tuple(list(c) for c in columns[3:])
-                self.actor.train_batch([inputs, labels], self.actor_optimizer)
+                self.actor.train_batch(cycle_inputs(inputs, labels), self.actor_optimizer)
                 _advance_schedule(self.actor_optimizer)
                 if self.critic is not None:  # the rollout micro-batches only
                     inputs = ([mb.sequences for mb in group], [mb.attention_mask.astype("bool") for mb in group],
                               [mb.position_ids for mb in group])
                     labels = ([mb.response_mask for mb in group], [mb.values for mb in group],
                               [mb.returns for mb in group])
-                    self.critic.train_batch([inputs, labels], self.critic_optimizer)
+                    self.critic.train_batch(cycle_inputs(inputs, labels), self.critic_optimizer)
                     _advance_schedule(self.critic_optimizer)
         records = self.strategy.broadcast_from_last_stage(self._pp_metrics)
         sums: Dict[str, List[float]] = defaultdict(list)

@@ -34,6 +34,7 @@ __all__ = [
     "response_values",
     "reward_scores",
     "concat_rollouts",
+    "map_micro_batches",
 ]
 
 # reward_fn(sequences (N, T) int64, attention_mask (N, T), prompts list[str] | None, answers list | None) -> (N,)
@@ -191,10 +192,38 @@ def logits_response_logps(logits: paddle.Tensor, sequences: paddle.Tensor, promp
 
 
 def _scores_2d(out) -> paddle.Tensor:
-    scores = out.scores if hasattr(out, "scores") else out[0]
+    scores = out if isinstance(out, paddle.Tensor) else out.scores if hasattr(out, "scores") else out[0]
     if scores.ndim == 3:
         scores = scores[..., 0]
     return scores.astype("float32")
+
+
+def _main_output(out) -> paddle.Tensor:
+    """The logits (causal LM) or per-token scores (score model) of a forward pass's output."""
+    if isinstance(out, paddle.Tensor):
+        return out
+    for name in ("logits", "scores"):
+        if hasattr(out, name):
+            return getattr(out, name)
+    return out[0]
+
+
+def map_micro_batches(model, reduce: Callable[[paddle.Tensor, slice], paddle.Tensor], input_ids: paddle.Tensor,
+                      attention_mask: paddle.Tensor, position_ids: paddle.Tensor, micro_batch_size: int
+                      ) -> paddle.Tensor:
+    """``reduce(logits or scores, row slice)`` of every micro-batch of rows, concatenated (no autograd graph).
+
+    A pipeline-parallel frozen model (``alignment.models.pipeline.FrozenPipeline``, which has its own
+    ``map_micro_batches``) runs the micro-batches as one pipelined pass and reduces on its last stage.
+    """
+    if hasattr(model, "map_micro_batches"):
+        return model.map_micro_batches(reduce, input_ids, attention_mask, position_ids, micro_batch_size)
+    parts = []
+    with eval_mode(model):
+        for sl in _chunks(int(input_ids.shape[0]), micro_batch_size):
+            out = model(input_ids=input_ids[sl], attention_mask=attention_mask[sl], position_ids=position_ids[sl])
+            parts.append(reduce(_main_output(out), sl))
+    return paddle.concat(parts)
 
 
 def response_values(
@@ -287,12 +316,10 @@ def reward_scores(
     else:
         ids, mask, pos = rollout.sequences, rollout.attention_mask, rollout.position_ids
         end = rollout.prompt_length + rollout.response_lengths.astype("int64") - 1
-    parts = []
-    with eval_mode(reward_model):
-        for sl in _chunks(n, micro_batch_size):
-            scores = _scores_2d(reward_model(input_ids=ids[sl], attention_mask=mask[sl], position_ids=pos[sl]))
-            parts.append(paddle.take_along_axis(scores, end[sl].unsqueeze(-1), axis=-1).squeeze(-1))
-    return paddle.concat(parts)
+    def at_end(scores, sl):
+        return paddle.take_along_axis(_scores_2d(scores), end[sl].unsqueeze(-1), axis=-1).squeeze(-1)
+
+    return map_micro_batches(reward_model, at_end, ids, mask, pos, micro_batch_size)
 
 
 def make_experience(
@@ -316,16 +343,20 @@ def make_experience(
     p = rollout.prompt_length
     resp_mask = rollout.response_mask.astype("float32")
     seq, mask, pos = rollout.sequences, rollout.attention_mask, rollout.position_ids
-    old, ref, val = [], [], []
-    models = [m for m in (actor, reference, critic) if m is not None]
+    old, val = [], []
+    models = [m for m in (actor, critic) if m is not None]
     with eval_mode(*models):
         for sl in _chunks(n, micro_batch_size):
             args = (seq[sl], mask[sl], pos[sl], p, resp_mask[sl])
             old.append(response_logps(actor, *args, temperature=temperature))
-            if reference is not None:
-                ref.append(response_logps(reference, *args, temperature=temperature))
             if critic is not None:
                 val.append(response_values(critic, *args))
+    ref_logps = None
+    if reference is not None:
+        def ref_reduce(logits, sl):
+            return logits_response_logps(logits, seq[sl], p, resp_mask[sl], temperature)
+
+        ref_logps = map_micro_batches(reference, ref_reduce, seq, mask, pos, micro_batch_size)
     scores = reward_scores(
         rollout,
         reward_model=reward_model,
@@ -341,7 +372,7 @@ def make_experience(
         prompt_length=p,
         group_ids=rollout.group_ids,
         old_logps=paddle.concat(old),
-        ref_logps=paddle.concat(ref) if ref else None,
+        ref_logps=ref_logps,
         scores=scores,
         values=paddle.concat(val) if val else None,
         prompts=rollout.prompts,

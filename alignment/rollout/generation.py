@@ -215,7 +215,7 @@ def generate(
             finished = paddle.logical_or(finished, paddle.isin(ids, eos_ids))
             history = paddle.concat([history, ids.unsqueeze(-1)], axis=-1)
             history_mask = paddle.concat([history_mask, alive_i.unsqueeze(-1)], axis=-1)
-            if bool(finished.all()) or step == max_new - 1:
+            if strategy.all_done(bool(finished.all())) or step == max_new - 1:
                 break
             logits, cache = _forward(model, ids.unsqueeze(-1), history_mask, next_pos, cache)
             next_pos = next_pos + 1

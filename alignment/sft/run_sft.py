@@ -74,11 +74,8 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
         else:
             model = load_causal_lm(path, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
                                    recompute=training_args.recompute, tokenizer=tokenizer)
-        if model_args.lora:
-            if pipeline:
-                raise ValueError("lora with pipeline_parallel_degree > 1 is not supported; use tensor parallelism "
-                                 "or sharding for LoRA runs")
-            model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=path)
+        if model_args.lora:  # a pipeline model gets its adapters stage by stage
+            model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=path, seed=training_args.seed)
     train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)
     trainer = SFTTrainer(
         model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,

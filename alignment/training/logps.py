@@ -34,6 +34,7 @@ __all__ = [
     "split_pair",
     "logits_completion_logps",
     "policy_pair_logps",
+    "reference_logps",
     "reference_pair_logps",
     "reference_context",
 ]
@@ -184,8 +185,32 @@ def reference_context(model) -> Iterator[None]:
             model.train()
 
 
+def reference_logps(model, input_ids: paddle.Tensor, attention_mask: paddle.Tensor, labels: paddle.Tensor
+                    ) -> paddle.Tensor:
+    """(N,) summed completion log-probs of a frozen reference, no autograd graph.
+
+    A pipeline-parallel frozen model (``alignment.models.pipeline.FrozenPipeline``) computes them on its
+    last stage and hands them to every stage; the logits never leave that stage.
+    """
+    if hasattr(model, "map_micro_batches"):
+        def reduce(logits, rows):
+            return logits_completion_logps(logits, labels[rows]).logps
+
+        return model.map_micro_batches(reduce, input_ids, attention_mask, position_ids_from_mask(attention_mask),
+                                       micro_batch_size=int(input_ids.shape[0]))
+    with reference_context(model):
+        return completion_logps(model, input_ids, attention_mask, labels).logps.detach()
+
+
 def reference_pair_logps(model, batch: PreferenceBatch, *, pad_token_id: int = 0) -> PairForward:
     """Plain summed log-probs of the reference (no LD weighting: ms-swift / LLaMA-Factory semantics)."""
+    if hasattr(model, "map_micro_batches"):  # pipeline stages: only the per-row sums come back
+        input_ids, attention_mask, labels = concat_pair(batch, pad_token_id)
+        logps = reference_logps(model, input_ids, attention_mask, labels)
+        lengths = (labels[:, 1:] != IGNORE_INDEX).astype("float32").sum(axis=-1)
+        n = logps.shape[0] // 2
+        return PairForward(chosen=logps[:n], rejected=logps[n:], chosen_lengths=lengths[:n],
+                           rejected_lengths=lengths[n:], chosen_nll=-logps[:n].sum() / paddle.clip(lengths[:n].sum(), min=1.0))
     with reference_context(model):
         out = policy_pair_logps(model, batch, ld_alpha=None, pad_token_id=pad_token_id)
     parts = (out.chosen, out.rejected, out.chosen_lengths, out.rejected_lengths, out.chosen_nll)

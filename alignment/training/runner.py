@@ -34,10 +34,10 @@ def load_models(model_args: ModelArguments, training_args, *, reference: Optiona
     """(tokenizer, policy, reference or None) through ``alignment.models.loading``.
 
     The reference is ``reference`` when given, else a frozen copy of the start model; with LoRA and no
-    explicit reference none is loaded (the trainer disables the adapters instead). With
+    explicit reference none is loaded (the trainer disables the adapters instead), except under pipeline
+    parallelism. With
     ``pipeline_parallel_degree > 1`` the policy is a pipeline model whose criterion the trainer binds
-    (``model.alignment_criterion.fn``); the reference stays an ordinary (tensor-parallel) model, used once
-    to precompute the reference log-probs and then released.
+    (``model.alignment_criterion.fn``), and the reference is pipeline stages too (``load_frozen_lm``).
     """
     import paddle
 
@@ -52,10 +52,8 @@ def _load_models(model_args: ModelArguments, training_args, *, reference: Option
     tokenizer = load_tokenizer(model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                                padding_side="right")
     common = dict(dtype=dtype, use_flash_attention=model_args.use_flash_attention, tokenizer=tokenizer)
-    if training_args.pipeline_parallel_degree > 1:
-        if model_args.lora:
-            raise ValueError("lora with pipeline_parallel_degree > 1 is not supported; use tensor parallelism "
-                             "or sharding for LoRA runs")
+    pipeline = training_args.pipeline_parallel_degree > 1
+    if pipeline:
         from alignment.models.pipeline import PipeCriterion, load_causal_lm_pipe
 
         def unbound(*_):
@@ -67,11 +65,13 @@ def _load_models(model_args: ModelArguments, training_args, *, reference: Option
     else:
         model = load_causal_lm(model_args.model_name_or_path, recompute=training_args.recompute, **common)
     ref_model = None
-    if need_reference and (reference or not model_args.lora):
-        ref_model = load_causal_lm(reference or model_args.model_name_or_path, frozen=True, **common)
+    # a LoRA policy is its own reference (adapters off), except as pipeline stages, which only train_batch runs
+    if need_reference and (reference or not model_args.lora or pipeline):
+        ref_model = load_frozen_lm(reference or model_args.model_name_or_path, model_args, training_args,
+                                   tokenizer=tokenizer)
     if model_args.lora:
-        model = wrap_lora(model, model_args, dtype=dtype,
-                          base_model_name_or_path=model_args.model_name_or_path)
+        model = wrap_lora(model, model_args, dtype=dtype, base_model_name_or_path=model_args.model_name_or_path,
+                          seed=training_args.seed)
     return tokenizer, model, ref_model
 
 
@@ -155,6 +155,27 @@ def prepare_output_dir(training_args, own_metrics: bool = False) -> Optional[str
     return resume
 
 
+def load_frozen_lm(path: str, model_args: ModelArguments, training_args, *, tokenizer=None, generates: bool = False):
+    """A frozen causal LM (reference, teacher), split like the trained model where it only scores:
+
+    with ``pipeline_parallel_degree > 1`` it is pipeline stages (``alignment.models.pipeline.FrozenPipeline``);
+    otherwise an ordinary model over the tensor-parallel group, its parameters also sharded under
+    ``sharding='stage3'``. A model that ``generates`` (GKD's seq_kd teacher) stays whole on every rank of
+    those groups (generation lengths differ between ranks, and the shards' gathers are collectives).
+    """
+    from alignment.models.loading import load_causal_lm, resolve_dtype
+    from alignment.parallel import ParallelStrategy
+
+    dtype, strategy = resolve_dtype(training_args), ParallelStrategy.current()
+    if not generates and training_args.pipeline_parallel_degree > 1:
+        from alignment.models.pipeline import frozen_causal_lm_pipe
+
+        return frozen_causal_lm_pipe(path, strategy, dtype=dtype, use_flash_attention=model_args.use_flash_attention)
+    model = load_causal_lm(path, frozen=True, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
+                           tokenizer=tokenizer)
+    return model if generates else strategy.shard_frozen(model)
+
+
 def run_trainer(trainer, training_args) -> None:
     """Train / evaluate as ``do_train`` / ``do_eval`` ask (train when neither is set), then save."""
     do_train = training_args.do_train or not training_args.do_eval
@@ -229,6 +250,17 @@ def save_merged_lora(trainer, output_dir: str) -> None:
 
     model = trainer.model
     state = merge_lora_state_dict(model)
+    from alignment.parallel import is_pipeline_layer
+
+    if is_pipeline_layer(model.model):  # every stage's merged tensors, gathered (a collective) on the main process
+        from alignment.models.loading import save_causal_lm
+        from alignment.models.pipeline import single_architecture
+        from alignment.parallel.checkpoint import full_state_dict
+
+        full = full_state_dict(model.model, state_dict=state)
+        if full is not None:
+            save_causal_lm(output_dir, full, model.model.config, single_architecture(model.model))
+        return
     if trainer.args.should_save:
         model.model.save_pretrained(output_dir, state_dict=state, safe_serialization=True)
 

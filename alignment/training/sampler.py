@@ -3,7 +3,8 @@
 ``GlobalBatchSampler`` takes one permutation of the dataset per epoch (seed + epoch), cuts it into global
 batches of b * world_size and gives rank r the r-th slice of each: N processes with per-device batch b
 together see exactly the batches of one process with batch N*b. ``global_batch_sampler(trainer)`` builds
-it from a PaddleNLP Trainer's arguments (a ``_get_train_sampler`` replacement).
+it from a PaddleNLP Trainer's arguments (a ``_get_train_sampler`` replacement). ``GlobalBatchMixin`` puts
+it into a Trainer, and evaluates one batch per pipeline call whatever the accumulation steps.
 """
 
 from __future__ import annotations
@@ -78,3 +79,13 @@ class GlobalBatchMixin:
 
     def _get_train_sampler(self):
         return global_batch_sampler(self)
+
+    def prediction_pipeline_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """PaddleNLP's pipeline evaluation gets one batch per call: one micro-batch, whatever
+        ``gradient_accumulation_steps`` is (the pipeline would otherwise wait for that many)."""
+        steps = model.accumulate_steps
+        model.accumulate_steps = 1
+        try:
+            return super().prediction_pipeline_step(model, inputs, prediction_loss_only, ignore_keys)
+        finally:
+            model.accumulate_steps = steps

@@ -39,6 +39,8 @@ CASES = [
     ("dpo", ("--loss_type", "ipo"), "tp2"), ("dpo", ("--loss_type", "ipo"), "pp2"),
     ("simpo", (), "tp2"), ("simpo", (), "pp2"), ("orpo", (), "tp2"), ("orpo", (), "pp2"),
     ("kto", (), "tp2"), ("kto", (), "pp2"), ("gkd", (), "tp2"), ("gkd", (), "pp2"),
+    # LoRA on the student's stages: on-policy samples come from a generation copy with the adapters merged in
+    ("gkd", ("--lora", "true", "--lora_dropout", 0, "--merge_lora_on_save", "true"), "pp2"),
     # 8 training pairs (a multiple of the global batch 4): a short last batch would be padded differently
     ("dpo", ("--loss_type", "sigmoid", "--eval_split_ratio", 0.12), "sharding_stage2"),
 ]
