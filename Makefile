@@ -25,7 +25,10 @@ demo: $(STAMP)
 	$(PY) -m alignment.tools.demo
 
 bench: $(STAMP)
-	$(PY) bench/dpo_step.py
+	$(PY) bench/dpo_step.py --threads 2
+	$(PY) bench/dpo_step.py --threads 2 --fusemt off
+	$(PY) bench/logps.py --threads 2
+	$(PY) bench/rollout.py --threads 2
 	$(PY) bench/ppo_step.py
 	$(PY) bench/parallel.py
 

@@ -8,6 +8,7 @@ Not part of the test run.
 
     python bench/dpo_step.py                         # preset small, batch 4 pairs x 256 tokens
     python bench/dpo_step.py --preset 1b --batch-size 8 --seq-len 1024 --dtype bfloat16   # on a GPU
+    python bench/dpo_step.py --fusemt off --threads 2   # log-probs on the pure-Paddle path (default: on)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import paddle
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from alignment import ops  # noqa: E402
 from alignment.algorithms.preference import PairLogps, preference_loss  # noqa: E402
 from alignment.training.logps import policy_pair_logps, reference_pair_logps  # noqa: E402
 from alignment.utils.io import atomic_write_json  # noqa: E402
@@ -87,8 +89,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--loss-type", default="sigmoid")
+    parser.add_argument("--fusemt", choices=["on", "off"], default="on",
+                        help="fused log-prob operator (alignment.ops) on or off")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (Paddle's default after import: 1)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
+    if args.threads:
+        paddle.base.core.set_num_threads(args.threads)
+        ops.set_num_threads(args.threads)
+    ops.set_use_fusemt(args.fusemt == "on")
+    fused = ops.fused_available()
 
     device = paddle.device.get_device()
     paddle.seed(0)
@@ -130,6 +140,9 @@ def main(argv=None) -> dict:
         "parameters": n_params,
         "dtype": args.dtype,
         "loss_type": args.loss_type,
+        "fusemt": args.fusemt,
+        "fused_logps_used": fused,
+        "threads": args.threads,
         "batch_pairs": args.batch_size,
         "rows_per_forward": 2 * args.batch_size,
         "seq_len": args.seq_len,
@@ -151,7 +164,8 @@ def main(argv=None) -> dict:
         shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
         print(f"{key:<{width}}  {shown}")
     print("-" * (width + 24))
-    out = Path(args.out) / f"dpo_step_{args.preset}_{device.split(':')[0]}.json"
+    suffix = "" if args.fusemt == "on" else "_fusemt_off"
+    out = Path(args.out) / f"dpo_step_{args.preset}_{device.split(':')[0]}{suffix}.json"
     atomic_write_json(out, result)
     print(f"written {out}")
     return result
