@@ -125,6 +125,10 @@ LAYOUTS = {
     "pp2": (2, ("--pipeline_parallel_degree", 2, "--eval_mode", "tensor_parallel"), "single"),
     "sharding_stage2": (2, ("--sharding_parallel_degree", 2, "--sharding", "stage2", "--top_k", 1,
                             "--per_device_prompt_batch_size", 2, "--per_device_train_batch_size", 4), "greedy"),
+    # the actor and critic wrapped by group_sharded stage 3, the frozen reference and reward sharded by
+    # alignment.parallel.frozen (their parameters gathered layer by layer in every forward)
+    "sharding_stage3": (2, ("--sharding_parallel_degree", 2, "--sharding", "stage3", "--top_k", 1,
+                            "--per_device_prompt_batch_size", 2, "--per_device_train_batch_size", 4), "greedy"),
     "tp2xpp2": (4, ("--tensor_parallel_degree", 2, "--pipeline_parallel_degree", 2), "single"),
     # ptx micro-batches interleaved with the rollout ones in each train_batch, 2 micro-batches per step
     "pp2_ptx_gas2": (2, ("--pipeline_parallel_degree", 2, "--ptx_datasets", "PTX", "--ptx_coeff", 0.5,
@@ -145,6 +149,9 @@ def test_ppo_layout_matches_one_process(layout, tiny_model_dir, ppo_inputs, tmp_
     single = _run(f"single_{baseline}", 1, BASELINES[baseline], tiny_model_dir, ppo_inputs, root)
     other = _run(layout, nproc, flags, tiny_model_dir, ppo_inputs, root)
     _compare(single, other, layout, critic=baseline != "grpo")
+    if layout == "sharding_stage3":
+        here = json.loads((other / "placement.json").read_text())["models"]
+        assert here["reference"]["placement"] == here["reward_model"]["placement"] == "stage3 shards", here
     if layout.startswith("pp2") or layout == "tp2xpp2":
         # the frozen reference and reward models are pipeline stages too: rank 0 holds part of each
         whole = json.loads((single / "placement.json").read_text())["models"]
