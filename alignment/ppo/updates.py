@@ -1,6 +1,8 @@
 """The update phase: ``update_iters`` passes of actor (+ptx) and critic mini-batch steps over one Experience.
 
-Per micro-batch of ``per_device_train_batch_size`` rows (in rollout order, groups contiguous):
+Per micro-batch of ``per_device_train_batch_size`` rows (in rollout order, groups contiguous), first all
+actor passes (phase ``update_actor``), then all critic passes (``update_critic``; the two are independent, and
+the offload schedule keeps one model with its optimizer states resident at a time):
 1. actor: current log-probs (same temperature as the rollout) -> registry "policy"["ppo"] clipped
    surrogate x pg_loss_coeff (+ kl_loss_coeff x k3 KL to the reference, - entropy_coeff x entropy);
 2. ptx (when a ptx iterator is given): ptx_coeff x token-mean NLL of one supervised micro-batch,
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import paddle
 
@@ -109,6 +111,11 @@ def ptx_nll_from_logits(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.
 
 
 
+def _collect(sums: Dict[str, List[float]], metrics: Dict[str, Any]) -> None:
+    for key, v in metrics.items():
+        sums[key].append(float(v.astype("float32").mean()) if isinstance(v, paddle.Tensor) else float(v))
+
+
 def _flat(metrics: Dict[str, paddle.Tensor]) -> Dict[str, paddle.Tensor]:
     """'actor/clipfrac' -> 'actor_clipfrac' (flat names for metrics.jsonl; VisualDL adds its own prefix)."""
     return {k.replace("/", "_"): v for k, v in metrics.items()}
@@ -141,6 +148,7 @@ class PPOUpdater:
         self.policy_fn = registry.get("policy", "ppo")
         self.value_fn = registry.get("value", "clipped") if critic is not None else None
         self.strategy = strategy
+        self.phase_hook: Callable[[str], None] = lambda phase: None  # the trainer's offload schedule
         self.pipeline = strategy is not None and strategy.pipeline_parallel_degree > 1
         if self.pipeline:
             self._pp_metrics: List[Dict[str, float]] = []
@@ -215,6 +223,9 @@ class PPOUpdater:
         micro = exp.split(self.micro_batch_size)
         if self.pipeline:
             return self._update_pipeline(micro, ptx_batches)
+        # the actor's passes, then the critic's: the two updates are independent, and one model (with its
+        # optimizer states) at a time is what the offload schedule keeps resident (phase_hook)
+        self.phase_hook("update_actor")
         for _ in range(self.update_iters):
             for k, mb in enumerate(micro):
                 loss, metrics = self.actor_loss(mb)
@@ -223,16 +234,18 @@ class PPOUpdater:
                     ptx = ptx_loss(self.actor, next(ptx_batches))
                     (self.s.ptx_coeff * ptx / self.gas).backward()
                     metrics["ptx_loss"] = ptx
-                if self.critic is not None:
-                    closs, cmetrics = self.critic_loss(mb)
-                    (closs / self.gas).backward()
-                    metrics.update(cmetrics)
                 if (k + 1) % self.gas == 0:
                     self._step(self.actor_optimizer)
-                    if self.critic is not None:
+                _collect(sums, metrics)
+        if self.critic is not None:
+            self.phase_hook("update_critic")
+            for _ in range(self.update_iters):
+                for k, mb in enumerate(micro):
+                    closs, cmetrics = self.critic_loss(mb)
+                    (closs / self.gas).backward()
+                    if (k + 1) % self.gas == 0:
                         self._step(self.critic_optimizer)
-                for key, v in metrics.items():
-                    sums[key].append(float(v.astype("float32").mean()) if isinstance(v, paddle.Tensor) else float(v))
+                    _collect(sums, cmetrics)
         out = {k: sum(v) / len(v) for k, v in sums.items()}
         out["actor_lr"] = float(self.actor_optimizer.get_lr())
         if self.critic_optimizer is not None:
@@ -272,6 +285,7 @@ class PPOUpdater:
         zeros = [paddle.zeros_like(mb.old_logps) for mb in micro]
         self._ptx_in_pipeline = ptx_batches is not None and self.s.ptx_coeff > 0
         kind = {0: paddle.zeros([1], dtype="int64"), 1: paddle.ones([1], dtype="int64")}
+        self.phase_hook("update_actor")
         for _ in range(self.update_iters):
             for g in range(0, len(micro), self.gas):
                 group = micro[g:g + self.gas]
@@ -298,7 +312,11 @@ class PPOUpdater:
                 labels = tuple(list(c) for c in columns[3:])
                 self.actor.train_batch(cycle_inputs(inputs, labels), self.actor_optimizer)
                 _advance_schedule(self.actor_optimizer)
-                if self.critic is not None:  # the rollout micro-batches only
+        if self.critic is not None:  # the rollout micro-batches only
+            self.phase_hook("update_critic")
+            for _ in range(self.update_iters):
+                for g in range(0, len(micro), self.gas):
+                    group = micro[g:g + self.gas]
                     inputs = ([mb.sequences for mb in group], [mb.attention_mask.astype("bool") for mb in group],
                               [mb.position_ids for mb in group])
                     labels = ([mb.response_mask for mb in group], [mb.values for mb in group],
