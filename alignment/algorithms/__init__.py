@@ -5,6 +5,7 @@ Kinds and what they hold:
                  CPO / SimPO / ORPO terms (``preference.REFERENCE_FREE``)
     unpaired     KTO-style unpaired losses
     reward       pairwise reward-model losses
+    reward_func  rule-based rewards of completion text (accuracy, format, length, repetition)
     policy       PPO-style policy-gradient losses
     value        critic (value) losses
     advantage    advantage estimators (gae, grpo, dr_grpo, rloo, reinforce_plus_plus)
@@ -32,6 +33,7 @@ from . import (  # noqa: F401,E402
     policy,
     preference,
     reward,
+    verifiers,
 )
 
 __all__ = ["available", "get", "kinds", "register"]

@@ -4,8 +4,15 @@ Every ``"policy"`` loss shares one signature, so they swap by name::
 
     fn(logps (B, T), old_logps (B, T), advantages (B, T), response_mask (B, T), *,
        clip_range_ratio=0.2, clip_range_ratio_low=None, clip_range_ratio_high=None, dual_clip=None,
+       delta=None, token_weights=None,
        loss_agg_mode="token-mean", global_token_count=None, global_seq_count=None, norm_length=None)
     -> (loss scalar, metrics)
+
+``delta`` (> 1 + ε_high; TRL's two-sided GRPO clip, INTELLECT-2 arXiv 2505.07291) caps the ratio of the
+unclipped term: ℓ_t = max(-A_t min(ρ_t, δ), -A_t clip(ρ_t, ...)); for A_t < 0 this bounds ℓ_t by -δ A_t (what
+``dual_clip`` = δ does), for A_t > 0 it changes nothing. ``token_weights`` (B, T), detached, multiply the
+per-token losses before aggregation (the denominators still count every masked token): truncated
+importance-sampling weights of an off-policy rollout, or a 0/1 mask of the highest-entropy tokens.
 
 ε_low = clip_range_ratio_low or clip_range_ratio, ε_high = clip_range_ratio_high or clip_range_ratio.
 The per-token losses are reduced by the aggregation mode ``loss_agg_mode`` (see ``aggregation``; the
@@ -23,7 +30,7 @@ import paddle
 from .registry import get, register
 from .utils import entropy_from_logits, masked_mean, masked_var
 
-__all__ = ["ppo_loss", "gspo_loss", "cispo_loss", "clipped_value_loss", "entropy_bonus", "kl_penalty_loss"]
+__all__ = ["ppo_loss", "gspo_loss", "cispo_loss", "sapo_loss", "clipped_value_loss", "entropy_bonus", "kl_penalty_loss"]
 
 Tensor = paddle.Tensor
 Metrics = Dict[str, Tensor]
@@ -50,10 +57,12 @@ def _clipped_surrogate(
     eps_low: float,
     eps_high: float,
     dual_clip: Optional[float],
+    delta: Optional[float] = None,
 ) -> Tuple[Tensor, Metrics]:
-    """Per-token max(-Aρ, -A·clip(ρ, 1-ε_low, 1+ε_high)) (and the dual clip), plus the clip metrics."""
+    """Per-token max(-A·min(ρ, δ), -A·clip(ρ, 1-ε_low, 1+ε_high)) (and the dual clip), plus the clip metrics."""
     ratio = paddle.exp(log_ratio)
-    unclipped = -advantages * ratio
+    _check_delta(delta, eps_high)
+    unclipped = -advantages * (ratio if delta is None else paddle.clip(ratio, max=delta))
     clipped = -advantages * paddle.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
     losses = paddle.maximum(unclipped, clipped)
     metrics = {"actor/clipfrac": masked_mean((clipped > unclipped).astype(mask.dtype), mask)}
@@ -67,6 +76,16 @@ def _clipped_surrogate(
     metrics["actor/approx_kl"] = masked_mean(paddle.expm1(log_ratio) - log_ratio, mask)
     metrics["actor/ratio_mean"] = masked_mean(ratio, mask)
     return losses, {k: v.detach() for k, v in metrics.items()}
+
+
+def _check_delta(delta: Optional[float], eps_high: float) -> None:
+    if delta is not None and not delta > 1.0 + eps_high:
+        raise ValueError(f"delta must be > 1 + clip_range_ratio_high = {1.0 + eps_high} (or None); got {delta}")
+
+
+def _weighted(losses: Tensor, token_weights: Optional[Tensor]) -> Tensor:
+    """ℓ_t · w_t (detached weights: TIS importance weights, a high-entropy token mask); None: ℓ unchanged."""
+    return losses if token_weights is None else losses * token_weights.astype(losses.dtype).detach()
 
 
 def _aggregate(loss_mat: Tensor, mask: Tensor, mode: str, **counts) -> Tensor:
@@ -84,6 +103,8 @@ def ppo_loss(
     clip_range_ratio_low: Optional[float] = None,
     clip_range_ratio_high: Optional[float] = None,
     dual_clip: Optional[float] = None,
+    delta: Optional[float] = None,
+    token_weights: Optional[Tensor] = None,
     loss_agg_mode: str = "token-mean",
     global_token_count=None,
     global_seq_count=None,
@@ -105,10 +126,10 @@ def ppo_loss(
     eps_low, eps_high = _eps(clip_range_ratio, clip_range_ratio_low, clip_range_ratio_high)
     log_ratio = _masked(logps - old_logps, keep)
     losses, metrics = _clipped_surrogate(
-        log_ratio, _masked(advantages, keep), mask, eps_low, eps_high, dual_clip
+        log_ratio, _masked(advantages, keep), mask, eps_low, eps_high, dual_clip, delta
     )
     loss = _aggregate(
-        losses,
+        _weighted(losses, token_weights),
         mask,
         loss_agg_mode,
         global_token_count=global_token_count,
@@ -129,6 +150,8 @@ def gspo_loss(
     clip_range_ratio_low: Optional[float] = None,
     clip_range_ratio_high: Optional[float] = None,
     dual_clip: Optional[float] = None,
+    delta: Optional[float] = None,
+    token_weights: Optional[Tensor] = None,
     loss_agg_mode: str = "seq-mean-token-mean",
     global_token_count=None,
     global_seq_count=None,
@@ -154,10 +177,10 @@ def gspo_loss(
     )
     log_ratio = _masked(seq_log_ratio.detach() + logps - logps.detach(), keep)
     losses, metrics = _clipped_surrogate(
-        log_ratio, _masked(advantages, keep), mask, eps_low, eps_high, dual_clip
+        log_ratio, _masked(advantages, keep), mask, eps_low, eps_high, dual_clip, delta
     )
     loss = _aggregate(
-        losses,
+        _weighted(losses, token_weights),
         mask,
         loss_agg_mode,
         global_token_count=global_token_count,
@@ -178,6 +201,8 @@ def cispo_loss(
     clip_range_ratio_low: Optional[float] = None,
     clip_range_ratio_high: Optional[float] = None,
     dual_clip: Optional[float] = None,
+    delta: Optional[float] = None,
+    token_weights: Optional[Tensor] = None,
     loss_agg_mode: str = "token-mean",
     global_token_count=None,
     global_seq_count=None,
@@ -193,8 +218,8 @@ def cispo_loss(
     (an absolute cap); here the cap is 1 + ε_high as in the paper. ``dual_clip`` is not defined for CISPO
     and must stay None. ``actor/clipfrac`` is the fraction of tokens whose weight was clipped.
     """
-    if dual_clip is not None:
-        raise ValueError("dual_clip is not defined for the 'cispo' policy loss; leave it None")
+    if dual_clip is not None or delta is not None:
+        raise ValueError("dual_clip and delta are not defined for the 'cispo' policy loss; leave them None")
     mask = response_mask.astype(logps.dtype)
     keep = mask != 0
     eps_high = clip_range_ratio if clip_range_ratio_high is None else clip_range_ratio_high
@@ -202,9 +227,65 @@ def cispo_loss(
     ratio = paddle.exp(log_ratio)
     low = 0.0 if clip_range_ratio_low is None else 1.0 - clip_range_ratio_low
     weight = paddle.clip(ratio, low, 1.0 + eps_high).detach()
-    losses = -weight * _masked(advantages, keep) * _masked(logps, keep)
+    losses = _weighted(-weight * _masked(advantages, keep) * _masked(logps, keep), token_weights)
     metrics = {
         "actor/clipfrac": masked_mean((weight != ratio).astype(mask.dtype), mask),
+        "actor/approx_kl": masked_mean(paddle.expm1(log_ratio) - log_ratio, mask),
+        "actor/ratio_mean": masked_mean(ratio, mask),
+    }
+    loss = _aggregate(
+        losses,
+        mask,
+        loss_agg_mode,
+        global_token_count=global_token_count,
+        global_seq_count=global_seq_count,
+        norm_length=norm_length,
+    )
+    return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+@register("policy", "sapo")
+def sapo_loss(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    clip_range_ratio: float = 0.2,
+    clip_range_ratio_low: Optional[float] = None,
+    clip_range_ratio_high: Optional[float] = None,
+    dual_clip: Optional[float] = None,
+    delta: Optional[float] = None,
+    token_weights: Optional[Tensor] = None,
+    loss_agg_mode: str = "seq-mean-token-mean",
+    global_token_count=None,
+    global_seq_count=None,
+    norm_length: Optional[float] = None,
+    tau_pos: float = 1.0,
+    tau_neg: float = 1.05,
+) -> Tuple[Tensor, Metrics]:
+    """SAPO, soft adaptive policy optimisation (Qwen team, arXiv 2511.20347): a sigmoid gate instead of a clip.
+
+        ρ_t = exp(logps_t - old_logps_t),  τ_t = tau_pos if A_t > 0 else tau_neg
+        ℓ_t = -(4 / τ_t) · σ(τ_t (ρ_t - 1)) · A_t,   loss = aggregate(ℓ, m, loss_agg_mode)
+
+    At ρ = 1 the gradient equals the plain policy gradient -A ∇log π (σ'(0) · 4 = 1); far from 1 it decays
+    smoothly (faster for negative advantages, tau_neg > tau_pos). The clip ranges, ``dual_clip`` and
+    ``delta`` do not apply (the latter two must stay None). ``actor/clipfrac`` is always 0 (nothing is clipped).
+    """
+    if dual_clip is not None or delta is not None:
+        raise ValueError("dual_clip and delta are not defined for the 'sapo' policy loss; leave them None")
+    if tau_pos <= 0 or tau_neg <= 0:
+        raise ValueError(f"sapo: tau_pos and tau_neg must be > 0; got {tau_pos}, {tau_neg}")
+    mask = response_mask.astype(logps.dtype)
+    keep = mask != 0
+    log_ratio = _masked(logps - old_logps, keep)
+    adv = _masked(advantages, keep)
+    ratio = paddle.exp(log_ratio)
+    tau = paddle.where(adv > 0, paddle.full_like(adv, tau_pos), paddle.full_like(adv, tau_neg))
+    losses = _weighted(-(4.0 / tau) * paddle.nn.functional.sigmoid(tau * (ratio - 1.0)) * adv, token_weights)
+    metrics = {
+        "actor/clipfrac": paddle.zeros([], dtype=mask.dtype),
         "actor/approx_kl": masked_mean(paddle.expm1(log_ratio) - log_ratio, mask),
         "actor/ratio_mean": masked_mean(ratio, mask),
     }
