@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None):
     tokenizer, model, _ = load_models(model_args, training_args, reference=None, need_reference=False)
     # split like the student (pipeline stages, stage-3 shards) unless the teacher also generates (seq_kd)
     teacher = load_frozen_lm(gkd_args.teacher_model_name_or_path, model_args, training_args, tokenizer=tokenizer,
-                             generates=gkd_args.seq_kd)
+                             generates=gkd_args.seq_kd, role="teacher")
     train_ds, eval_ds = build_datasets(SupervisedDataset, data_args, tokenizer, training_args.seed)
     trainer = GKDTrainer(
         model, training_args, gkd_args=gkd_args, teacher_model=teacher, pad_token_id=tokenizer.pad_token_id,

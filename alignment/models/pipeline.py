@@ -335,6 +335,7 @@ class FrozenPipeline:
     """
 
     training = False
+    residency = None  # set by an offload schedule: residency("device") before a pass, ("host") after
 
     def __init__(self, pipeline_model, strategy):
         self.model = pipeline_model
@@ -366,11 +367,15 @@ class FrozenPipeline:
         data = pipeline_inputs(batches, first=first, labels=())
         model, steps = self.model, self.model.accumulate_steps
         model.accumulate_steps = len(slices)
+        if self.residency is not None:
+            self.residency("device")
         try:
             with paddle.no_grad():
                 outputs = model.eval_batch(data, compute_loss=False)
         finally:
             model.accumulate_steps = steps
+            if self.residency is not None:
+                self.residency("host")
         result = None
         if self.strategy.is_last_stage:
             parts = []

@@ -4,8 +4,9 @@ Three dataclasses, named like PaddleNLP's (``ModelArgument``, ``DataArgument``, 
 ``config/llama/ppo_argument.json`` keeps the seed's key names. Every field has a help string and a
 default; ``__post_init__`` checks values and names the field and the allowed values. The layout
 (tensor / pipeline / sharding degrees, ``sharding`` stage, ``eval_mode``) is checked by
-``alignment.parallel.ParallelStrategy``. Arguments that a later issue implements (``offload_level``,
-``bf16``/``fp16``) raise ``NotImplementedError`` when set to anything but their default. ``use_fusemt``
+``alignment.parallel.ParallelStrategy``. ``offload_level`` moves models and optimizer
+states to host memory between the phases that need them (``alignment.parallel.offload``). Arguments that a
+later issue implements (``bf16``/``fp16``) raise ``NotImplementedError`` when set to anything but their default. ``use_fusemt``
 (on by default) runs the fused operators of ``csrc/`` (``alignment.ops``) where their build succeeds.
 
 Step vocabulary: one *step* is one rollout batch (generate -> experience -> advantages -> updates);
@@ -252,7 +253,10 @@ class PPOArguments:
                                         "tensor_parallel when pipeline_parallel_degree > 1."}
     )
     offload_level: str = field(
-        default="", metadata={"help": "Offload: subset of 'freeze_model optimizer train_model' (not yet)."}
+        default="", metadata={"help": "Offload to host memory, any of (space separated): freeze_model (reference "
+                                      "and reward outside the experience phase), optimizer (optimizer states "
+                                      "outside their model's update), train_model (actor / critic outside the "
+                                      "phases that run them); see alignment/parallel/offload.py."}
     )
     use_fusemt: bool = field(
         default=True, metadata={"help": "Fused operators of csrc/ (alignment.ops): the 'fused' rollout sampler (when "
@@ -328,8 +332,9 @@ class PPOArguments:
         if self.eval_mode is not None and self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode='{self.eval_mode}' is not valid; allowed values: {', '.join(EVAL_MODES)}, "
                              "or None")
-        if self.offload_level.strip():
-            _not_yet("offload_level", self.offload_level, "''", "offloading models and optimizer states")
+        from alignment.parallel.offload import parse_offload_level
+
+        self.offload_level = " ".join(parse_offload_level(self.offload_level))
         if self.bf16 or self.fp16:
             _not_yet("bf16/fp16", True, "False", "mixed-precision PPO")
         from alignment.parallel import ParallelStrategy

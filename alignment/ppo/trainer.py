@@ -40,6 +40,7 @@ from . import checkpoint
 from .advantages import RewardNormalizer, compute_advantages
 from .config import PPOArguments
 from .feeding import BatchStream
+from .memory import PhaseTracker
 from .optim import ScheduleSpec, build_optimizer, build_scheduler
 from .reporting import MetricsReporter, plot_curves
 from .updates import LossSettings, PPOUpdater
@@ -113,6 +114,9 @@ class PPOTrainer:
             gradient_accumulation_steps=args.gradient_accumulation_steps, update_iters=args.update_iters,
             strategy=self.strategy,
         )
+        # offload_level's schedule and the per-step memory report (alignment/ppo/memory.py)
+        self.phases = PhaseTracker.build(args, models, self.actor_optimizer, self.critic_optimizer, self.strategy)
+        self.updater.phase_hook = self.phases.enter
         self.reward_normalizer = RewardNormalizer() if args.normalize_reward else None
         self._copies_stale = True  # generation copies (pipeline parallel) are filled before the first use
         self._reshard_stats: Dict[str, float] = {}
@@ -217,8 +221,10 @@ class PPOTrainer:
         """One PPO iteration on one prompt batch; returns the step's metrics averaged over ranks."""
         a = self.args
         t0 = time.perf_counter()
+        self.phases.enter("generation")
         rollout = self.rollout(batch)
         t1 = time.perf_counter()
+        self.phases.enter("experience")
         exp = self.experience(rollout)
         t2 = time.perf_counter()
         reward = float(exp.scores.astype("float32").mean())
@@ -235,7 +241,8 @@ class PPOTrainer:
         if self.guard.check(self.global_step + 1, what="update", kl=kl):
             return {**metrics, "nonfinite_skipped": float(self.guard.skipped)}
         self.guard.watch(self.global_step + 1, kl=kl)
-        metrics.update(self.updater.update(exp, self.ptx))
+        metrics.update(self.updater.update(exp, self.ptx))  # enters update_actor, then update_critic
+        metrics.update(self.phases.finish_step(self.global_step + 1))
         self._copies_stale = True
         metrics.update(self._reshard_stats)
         t4 = time.perf_counter()
@@ -261,7 +268,9 @@ class PPOTrainer:
         total, count, length = 0.0, 0, 0.0
         for b in range(0, len(mine), a.per_device_eval_batch_size):
             batch = collate([self.eval_dataset[i] for i in mine[b : b + a.per_device_eval_batch_size]])
+            self.phases.enter("generation")
             rollout = self.rollout(batch, cfg)
+            self.phases.enter("experience")  # the reward model scores
             scores = reward_scores(
                 rollout, reward_model=self.m.reward_model, reward_fn=self.reward_fn, retokenizer=self.retokenizer,
                 micro_batch_size=a.experience_batch_size,

@@ -45,6 +45,22 @@ class ModelArguments(LoraArguments):
                           "(model_state.pdparams + config.json, loadable by AutoModelForCausalLM) "
                           "next to the adapter files."},
     )
+    offload_level: str = field(
+        default="",
+        metadata={"help": "freeze_model: the frozen reference (DPO, KTO) or teacher (GKD) stays in host memory "
+                          "between its forward passes (the PPO stage has more levels)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        from alignment.parallel.offload import parse_offload_level
+
+        levels = parse_offload_level(self.offload_level)
+        if set(levels) - {"freeze_model"}:
+            raise ValueError(f"offload_level '{self.offload_level}': the Trainer stages offload freeze_model only "
+                             "(their optimizer and trained model stay with the PaddleNLP Trainer); allowed values: "
+                             "freeze_model, or ''")
+        self.offload_level = " ".join(levels)
 
 
 @dataclass

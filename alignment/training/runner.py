@@ -155,7 +155,8 @@ def prepare_output_dir(training_args, own_metrics: bool = False) -> Optional[str
     return resume
 
 
-def load_frozen_lm(path: str, model_args: ModelArguments, training_args, *, tokenizer=None, generates: bool = False):
+def load_frozen_lm(path: str, model_args: ModelArguments, training_args, *, tokenizer=None, generates: bool = False,
+                   role: str = "reference"):
     """A frozen causal LM (reference, teacher), split like the trained model where it only scores:
 
     with ``pipeline_parallel_degree > 1`` it is pipeline stages (``alignment.models.pipeline.FrozenPipeline``);
@@ -166,14 +167,21 @@ def load_frozen_lm(path: str, model_args: ModelArguments, training_args, *, toke
     from alignment.models.loading import load_causal_lm, resolve_dtype
     from alignment.parallel import ParallelStrategy
 
+    from alignment.parallel.offload import OffloadScheduler
+
     dtype, strategy = resolve_dtype(training_args), ParallelStrategy.current()
     if not generates and training_args.pipeline_parallel_degree > 1:
         from alignment.models.pipeline import frozen_causal_lm_pipe
 
-        return frozen_causal_lm_pipe(path, strategy, dtype=dtype, use_flash_attention=model_args.use_flash_attention)
-    model = load_causal_lm(path, frozen=True, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
-                           tokenizer=tokenizer)
-    return model if generates else strategy.shard_frozen(model)
+        model = frozen_causal_lm_pipe(path, strategy, dtype=dtype, use_flash_attention=model_args.use_flash_attention)
+    else:
+        model = load_causal_lm(path, frozen=True, dtype=dtype, use_flash_attention=model_args.use_flash_attention,
+                               tokenizer=tokenizer)
+        model = model if generates else strategy.shard_frozen(model)
+    # offload_level freeze_model: in host memory between its forward passes (a generating teacher stays)
+    if not generates:
+        OffloadScheduler(getattr(model_args, "offload_level", "")).attach_frozen(model, role)
+    return model
 
 
 def run_trainer(trainer, training_args) -> None:

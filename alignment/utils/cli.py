@@ -13,7 +13,8 @@ model path, option value, contradiction) prints one line ``error: <what, where, 
 run stopped by the numeric guards exits 3; anything else prints one line and exits 1. ``--debug`` (or
 ``ALIGNMENT_DEBUG=1``) shows the traceback instead.
 
-Every entry point also takes ``RunArguments``: ``debug``, ``allow_pickle`` and ``max_nonfinite_steps``.
+Every entry point also takes ``RunArguments``: ``debug``, ``allow_pickle``, ``max_nonfinite_steps`` and
+``plan_memory`` (print the memory plan of these arguments and exit).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class RunArguments:
         default=3,
         metadata={"help": "Stop the run after this many updates in a row with a non-finite loss, gradient norm "
                           "or reward (each is skipped); 0 = never stop."})
+    plan_memory: bool = field(
+        default=False,
+        metadata={"help": "Print the predicted per-rank peak memory of each phase for these arguments "
+                          "(alignment.tools.plan_memory) and exit; no model is loaded."})
 
     def __post_init__(self) -> None:
         if self.max_nonfinite_steps < 0:
@@ -263,6 +268,14 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
         raise ArgumentError(f"unrecognised arguments: {' '.join(remaining)}")
     run = objs[len(user_types)]
     objs = objs[: len(user_types)]
+    if run.plan_memory:  # before anything touches the output directory or loads a model
+        from alignment.tools.plan_memory import run as print_plan, spec_from_run_args
+
+        try:
+            print_plan(spec_from_run_args(objs))
+        except ValueError as e:
+            raise ArgumentError(str(e)) from None
+        raise SystemExit(0)
     target = objs[-1]
     for name in ("max_nonfinite_steps", "debug", "allow_pickle"):
         setattr(target, name, getattr(run, name))

@@ -308,8 +308,9 @@ def test_argument_errors(tmp_path, data_files, tiny_model_dir, rm_dir):
     from alignment.utils.cli import ArgumentError, parse_args
 
     types = [ModelArgument, DataArgument, PPOArguments]
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        parse_args(types, ["--offload_level", "freeze_model"])
+    assert parse_args(types, ["--offload_level", "optimizer freeze_model"])[2].offload_level == "optimizer freeze_model"
+    with pytest.raises(ArgumentError, match="offload_level.*allowed values"):
+        parse_args(types, ["--offload_level", "cpu"])
     assert parse_args(types, ["--use_fusemt", "false"])[2].use_fusemt is False
     layout = PPOArguments(output_dir=str(tmp_path), tensor_parallel_degree=2, sharding_parallel_degree=2,
                           eval_mode="single")
