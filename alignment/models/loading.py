@@ -33,6 +33,9 @@ __all__ = [
     "load_causal_lm",
     "load_backbone",
     "wrap_lora",
+    "wrap_score_lora",
+    "is_lora_model",
+    "AdaptersOff",
     "merge_lora_state_dict",
     "freeze",
     "count_parameters",
@@ -71,7 +74,8 @@ def resolve_model_path(name_or_path: str, what: str = "model_name_or_path") -> s
     local directory. Anything else that does not exist ("./x", "/abs/x", "a/b/c", "checkpoints/x" next to a
     checkpoints/ folder or under checkpoints/, output(s)/, models/, runs/, data/) is "no such directory" (with the tiny-model kit command for a tiny config). A local
     directory whose only weights are pickle files (model_state.pdparams, pytorch_model.bin) is refused unless
-    ``--allow_pickle true``.
+    ``--allow_pickle true``. A local Hugging Face checkpoint (Llama / Qwen2, PyTorch-layout safetensors) resolves
+    to its PaddleNLP conversion in the import cache (``alignment.models.hf.paddle_dir``).
     """
     from alignment.utils.safe_io import ALLOW_PICKLE_FLAG, PickleRefusedError, allow_pickle
 
@@ -87,11 +91,18 @@ def resolve_model_path(name_or_path: str, what: str = "model_name_or_path") -> s
             raise ModelPathError(f"{what}: '{name}' has no {needed}; expected a model directory (config.json + "
                                  "weights + tokenizer files)")
         pickled = sorted(f for f in files if f.endswith(_PICKLE_WEIGHTS) and f != "training_args.bin")
+        base_weights = has_safe or any(not f.startswith("lora_") for f in pickled)
+        if what != "tokenizer" and not base_weights and "lora_config.json" in files:
+            raise ModelPathError(
+                f"{what}: '{name}' holds LoRA adapters only (merge_lora_on_save false); merge them into their base "
+                f"first: python -m alignment.tools.export --checkpoint {name} --out <dir> --format hf")
         if pickled and not has_safe and not allow_pickle():
             raise PickleRefusedError(
                 f"{what}: {os.path.join(name, pickled[0])}: weights are a pickle file (loading it can run code); "
                 f"convert them to safetensors, or pass {ALLOW_PICKLE_FLAG} if you trust this directory")
-        return name
+        from alignment.models.hf import paddle_dir
+
+        return paddle_dir(name)  # a Hugging Face (PyTorch-layout) checkpoint: its converted copy
     if os.path.exists(name):
         raise ModelPathError(f"{what}: '{name}' is a file; expected a model directory (config.json + weights)")
     if _looks_local(name):
@@ -109,13 +120,17 @@ _DEFAULT_LORA_TARGETS = (
 
 
 def resolve_dtype(dtype: Any = None) -> str:
-    """A dtype name from a name, a paddle dtype or TrainingArguments (bf16 / fp16 flags); default float32."""
+    """A dtype name from a name or a paddle dtype; default float32.
+
+    TrainingArguments give float32 whatever their bf16 / fp16 flags: the weights are loaded as float32 master
+    weights and PaddleNLP's Trainer runs the mixed precision through paddle.amp (O1: bf16/fp16 compute on
+    float32 weights; O2: ``paddle.amp.decorate`` casts them and keeps float32 masters in the optimizer);
+    see alignment/training/precision.py.
+    """
     if dtype is None:
         return "float32"
-    if hasattr(dtype, "bf16") or hasattr(dtype, "fp16"):  # TrainingArguments
-        if getattr(dtype, "bf16", False):
-            return "bfloat16"
-        return "float16" if getattr(dtype, "fp16", False) else "float32"
+    if hasattr(dtype, "bf16") or hasattr(dtype, "fp16"):  # TrainingArguments: float32 masters, amp computes
+        return "float32"
     name = str(dtype).replace("paddle.", "")
     name = _DTYPE_ALIASES.get(name, name)
     if name not in DTYPES:
@@ -303,6 +318,58 @@ def wrap_lora(
     if seed is not None:
         seed_lora_weights(model, seed)
     return model
+
+
+def wrap_score_lora(score_model, lora_args: LoraArguments, *, base_model_name_or_path: Optional[str] = None,
+                    seed: Optional[int] = None):
+    """LoRA adapters on a ``ScoreModel``'s backbone (reward model, critic); the score head stays trainable.
+
+    The ``LoRAModel``'s trainable state dict (what ``save_pretrained`` writes as lora_model_state.pdparams and
+    the Trainer reloads on resume) then holds the adapters and the head; ``merge_lora_state_dict`` gives the
+    plain score-model state dict."""
+    dtype = str(next(iter(score_model.parameters())).dtype).replace("paddle.", "")
+    model = wrap_lora(score_model, lora_args, dtype=dtype, base_model_name_or_path=base_model_name_or_path, seed=seed)
+    for p in model.model.score_head.parameters():
+        p.stop_gradient = False
+    return model
+
+
+class AdaptersOff(paddle.nn.Layer):
+    """A LoRA model seen with its adapters disabled: the frozen reference of a LoRA policy, without a second
+    copy of the base weights (``AdaptersOff(lora_model)(input_ids=...)`` is the base model's forward).
+
+    The LoRA model is held, not registered as a sublayer: this layer has no parameters of its own (so memory
+    reports and offload schedules count the base weights once), and ``eval()`` / ``train()`` on it leave the
+    policy's mode alone; each forward runs the policy in eval mode without gradients and restores it.
+    """
+
+    def __init__(self, lora_model) -> None:
+        super().__init__()
+        self.__dict__["_lora"] = lora_model
+
+    @property
+    def config(self):
+        return self._lora.model.config
+
+    def forward(self, *args, **kwargs):
+        lora = self._lora
+        was_training = lora.training
+        lora.eval()
+        lora.disable_lora()
+        try:
+            with paddle.no_grad():
+                return lora(*args, **kwargs)
+        finally:
+            lora.enable_lora()
+            if was_training:
+                lora.train()
+
+
+def is_lora_model(model) -> bool:
+    """Whether ``model`` is a ``paddlenlp.peft.LoRAModel`` (possibly inside a data-parallel wrapper)."""
+    from alignment.parallel import unwrap_model
+
+    return hasattr(unwrap_model(model), "lora_config") and hasattr(unwrap_model(model), "disable_lora")
 
 
 def seed_lora_weights(lora_model, seed: int) -> None:

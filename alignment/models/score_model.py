@@ -66,6 +66,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "has_score_head",
     "save_score_checkpoint",
+    "save_score_head",
     "seed_score_head",
 ]
 
@@ -516,7 +517,7 @@ def save_score_checkpoint(model, save_dir: str, state: Dict[str, Any]) -> None:
     from safetensors.numpy import save_file
 
     from alignment.parallel import unwrap_model
-    from alignment.utils.safe_io import save_tree
+    from alignment.utils.safe_io import make_readable, save_tree
 
     inner = unwrap_model(model)
     state = {**getattr(inner, "frozen_state", {}), **state}  # e.g. a pipeline model's untouched normaliser
@@ -527,15 +528,39 @@ def save_score_checkpoint(model, save_dir: str, state: Dict[str, Any]) -> None:
     save_tree(dict(state), os.path.join(save_dir, WEIGHTS_NAME))  # safetensors, written under a temporary name
     tmp = os.path.join(save_dir, f".{VALUE_HEAD_NAME}.tmp")
     save_file(head, tmp, metadata={"format": "pt", "score_type": inner.score_config.score_type})
+    make_readable(tmp)  # save_file makes 0600
     os.replace(tmp, os.path.join(save_dir, VALUE_HEAD_NAME))
     atomic_write_json(os.path.join(save_dir, CONFIG_NAME),
                       _score_config_dict(inner.config, inner.score_config, norm, backbone_class))
 
 
+def save_score_head(model, save_dir: str) -> None:
+    """value_head.safetensors and config.json of ``model`` without the backbone weights: the part of a LoRA
+    score checkpoint (adapters saved by ``LoRAModel.save_pretrained``) that is not the base model."""
+    from safetensors.numpy import save_file
+
+    from alignment.parallel import unwrap_model
+    from alignment.utils.safe_io import make_readable
+
+    inner = unwrap_model(model)
+    state = {k: v for k, v in inner.state_dict().items() if k.startswith(("score_head.", "normalizer."))}
+    head = _head_tensors(state)
+    norm = {k[len("normalizer."):]: v for k, v in head.items() if k.startswith("normalizer.")}
+    os.makedirs(save_dir, exist_ok=True)
+    tmp = os.path.join(save_dir, f".{VALUE_HEAD_NAME}.tmp")
+    save_file(head, tmp, metadata={"format": "pt", "score_type": inner.score_config.score_type})
+    make_readable(tmp)
+    os.replace(tmp, os.path.join(save_dir, VALUE_HEAD_NAME))
+    atomic_write_json(os.path.join(save_dir, CONFIG_NAME),
+                      _score_config_dict(inner.config, inner.score_config, norm, type(inner.backbone).__name__))
+
+
 def _resolve_head_file(name_or_path: str) -> Optional[str]:
     """Local path of the checkpoint's value_head.safetensors (downloaded for a hub name), or None."""
     if os.path.isdir(name_or_path):
-        path = os.path.join(name_or_path, VALUE_HEAD_NAME)
+        from .hf import paddle_dir
+
+        path = os.path.join(paddle_dir(name_or_path), VALUE_HEAD_NAME)  # a HF checkpoint: its converted copy
         return path if os.path.isfile(path) else None
     try:
         from paddlenlp.utils.download import resolve_file_path

@@ -73,23 +73,44 @@ def _full_states(trainer):
     """(actor, critic or None) single-process state dicts on the main process (collective; None elsewhere)."""
     from alignment.parallel.checkpoint import full_state_dict
 
-    s = trainer.strategy
-    actor = full_state_dict(trainer.m.actor, s)
-    critic = full_state_dict(trainer.m.critic, s) if trainer.m.critic is not None else None
+    from alignment.models.loading import is_lora_model, merge_lora_state_dict
+
+    def state(model):  # a LoRA model: the base weights with the adapters merged in
+        merged = merge_lora_state_dict(_plain(model)) if is_lora_model(model) else None
+        return full_state_dict(model, trainer.strategy, state_dict=merged)
+
+    actor = state(trainer.m.actor)
+    critic = state(trainer.m.critic) if trainer.m.critic is not None else None
     return actor, critic
 
 
-def _save_model(model, tokenizer, path: str, state) -> None:
-    """A single-process checkpoint of ``model`` from its full ``state`` (the critic as a score model)."""
-    from alignment.models.loading import save_causal_lm
+def _save_model(model, tokenizer, path: str, state, merged: bool = True) -> None:
+    """A single-process checkpoint of ``model`` from its full ``state`` (the critic as a score model).
+
+    A LoRA model also gets its adapter files (lora_config.json, lora_model_state.pdparams: the adapters and a
+    critic's score head, what a resume reloads); ``merged=False`` leaves out the merged weights (the config and,
+    for the critic, value_head.safetensors stay, so ``alignment.tools.export`` can merge them later)."""
+    from alignment.models.loading import is_lora_model, save_causal_lm
     from alignment.models.pipeline import single_architecture
-    from alignment.models.score_model import save_score_checkpoint
+    from alignment.models.score_model import save_score_checkpoint, save_score_head
 
     inner = _plain(model)
+    lora = inner if is_lora_model(inner) else None
+    if lora is not None:
+        inner = lora.model
+        os.makedirs(path, exist_ok=True)
+        from alignment.utils.safe_io import safe_paddle_io
+
+        with safe_paddle_io():
+            lora.save_pretrained(path)
     if hasattr(inner, "score_config"):
-        save_score_checkpoint(inner, path, state)
-    else:
+        save_score_checkpoint(inner, path, state) if merged else save_score_head(inner, path)
+    elif merged:
         save_causal_lm(path, state, inner.config, single_architecture(inner))
+    else:
+        import json
+
+        atomic_write_json(os.path.join(path, "config.json"), json.loads(inner.config.to_json_string()))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 
@@ -218,8 +239,13 @@ def load(trainer, path: str) -> None:
 
 
 def _load_weights(model: paddle.nn.Layer, directory: str) -> None:
-    from alignment.models.loading import read_weights
+    from alignment.models.loading import is_lora_model, read_weights
 
+    if is_lora_model(model):  # the adapters (and a critic's head); the base weights are the start model's
+        lora_file = os.path.join(directory, "lora_model_state.pdparams")
+        check_not_pickle(lora_file, "LoRA weights")
+        _plain(model).model.set_state_dict(load_tree(lora_file))
+        return
     missing, unexpected = _plain(model).set_state_dict(read_weights(directory))
     if missing:
         raise ValueError(f"{directory}: checkpoint lacks parameters {missing[:5]}{'...' if len(missing) > 5 else ''}")
@@ -231,11 +257,17 @@ def save_final(trainer, output_dir: str) -> None:
     actor_state, critic_state = _full_states(trainer)
     if trainer.strategy.is_main_process:
         with atomic_dir(os.path.join(output_dir, "policy")) as tmp:
-            _save_model(trainer.m.actor, trainer.m.actor_tokenizer, str(tmp), actor_state)
+            _save_model(trainer.m.actor, trainer.m.actor_tokenizer, str(tmp), actor_state, _merged(trainer.m.actor))
         if trainer.m.critic is not None:
             with atomic_dir(os.path.join(output_dir, "value")) as tmp:
-                _save_model(trainer.m.critic, trainer.m.actor_tokenizer, str(tmp), critic_state)
+                _save_model(trainer.m.critic, trainer.m.actor_tokenizer, str(tmp), critic_state,
+                            _merged(trainer.m.critic))
     trainer.strategy.barrier()
+
+
+def _merged(model) -> bool:
+    """Whether the final model is written merged (always, except a LoRA model with merge_lora_on_save false)."""
+    return bool(getattr(_plain(model), "merge_on_save", True))
 
 
 def resolve(output_dir: str, spec: str) -> str:

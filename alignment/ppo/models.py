@@ -74,11 +74,17 @@ def build_models(
         tokenizer=actor_tok,
     )
     pipeline = strategy.pipeline_parallel_degree > 1
+    lora = bool(model_args.lora or model_args.critic_lora)
+    if lora and strategy.hybrid:
+        raise ValueError("lora / critic_lora in the PPO stage run in one process or data parallel; set "
+                         "tensor_parallel_degree, pipeline_parallel_degree and sharding_parallel_degree to 1")
     if pipeline:
         actor = strategy.create_model(lambda: actor_pipe(actor_path, args, model_args), role="actor", trainable=True)
     else:
         actor = strategy.create_model(
-            lambda: load_causal_lm(actor_path, recompute=args.recompute, **lm_kwargs), role="actor", trainable=True
+            lambda: _with_lora(load_causal_lm(actor_path, recompute=args.recompute, **lm_kwargs), model_args,
+                               args.seed, actor_path, model_args.lora),
+            role="actor", trainable=True
         )
     need_reference = args.kl_coeff > 0 or args.kl_loss_coeff > 0
     reference = reward_model = reward_tok = None
@@ -87,6 +93,10 @@ def build_models(
         from alignment.models.pipeline import frozen_causal_lm_pipe
 
         reference = frozen_causal_lm_pipe(actor_path, strategy, dtype="float32", use_flash_attention=flash)
+    elif need_reference and model_args.lora:  # the actor with its adapters off: no second copy of the weights
+        from alignment.models.loading import AdaptersOff
+
+        reference = AdaptersOff(strategy.unwrap(actor))
     elif need_reference:
         reference = strategy.create_model(lambda: load_causal_lm(actor_path, **lm_kwargs), role="reference",
                                           trainable=False)
@@ -112,12 +122,12 @@ def build_models(
                 "Set reward_critic_model_name_or_path to a checkpoint with the actor's vocabulary (e.g. the SFT model)"
             )
         critic = strategy.create_model(
-            (lambda: critic_pipe(critic_path, args, model_args)) if pipeline else lambda: load_score_model(
+            (lambda: critic_pipe(critic_path, args, model_args)) if pipeline else lambda: _with_lora(load_score_model(
                 critic_path, score_type="critic", recompute=bool(args.critic_value("recompute")),
                 recompute_granularity=model_args.critic_recompute_granularity,
                 use_flash_attention=model_args.use_flash_attention, vocab_size=len(actor_tok), allow_new_head=True,
                 head_seed=args.seed,  # the same new head under every layout
-            ),
+            ), model_args, args.seed, critic_path, model_args.critic_lora),
             role="critic",
             trainable=True,
         )
@@ -140,6 +150,20 @@ def build_models(
         os.makedirs(args.output_dir, exist_ok=True)
         atomic_write_json(os.path.join(args.output_dir, "placement.json"), report)
     return models
+
+
+def _with_lora(model, model_args: ModelArgument, seed: int, path: str, enabled: bool):
+    """``model`` with LoRA adapters when ``enabled`` (a score model keeps its head trainable)."""
+    if not enabled:
+        return model
+    from alignment.models.loading import wrap_lora, wrap_score_lora
+
+    if hasattr(model, "score_head"):
+        model = wrap_score_lora(model, model_args, base_model_name_or_path=path, seed=seed)
+    else:
+        model = wrap_lora(model, model_args, base_model_name_or_path=path, seed=seed)
+    model.merge_on_save = bool(model_args.merge_lora_on_save)  # read by checkpoint.save_final
+    return model
 
 
 def placement(models: PPOModels, strategy: ParallelStrategy) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from alignment.models.loading import LoraArguments
 from alignment.models.score_model import ScoreConfig
 from alignment.training.arguments import DataArguments
 
@@ -23,8 +24,9 @@ __all__ = ["RewardModelArguments", "RewardDataArguments", "RewardArguments"]
 
 
 @dataclass
-class RewardModelArguments:
-    """The score model: which backbone, which head, which normaliser."""
+class RewardModelArguments(LoraArguments):
+    """The score model: which backbone, which head, which normaliser; with ``lora`` the backbone trains LoRA
+    adapters and the score head is trained in full."""
 
     model_name_or_path: str = field(
         default="PKU-Alignment/alpaca-7b-reproduced",
@@ -57,8 +59,15 @@ class RewardModelArguments:
                           "(larger = slower). ExponentialMovingAverage only."},
     )
     use_flash_attention: bool = field(default=False, metadata={"help": "Use flash attention (GPU only)."})
+    merge_lora_on_save: bool = field(
+        default=True,
+        metadata={"help": "With lora: write the merged score model (config.json, model.safetensors, "
+                          "value_head.safetensors) into output_dir next to the adapter files; false: adapters + head "
+                          "only (lora_config.json, lora_model_state.pdparams, value_head.safetensors)."},
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the LoRA fields
         self.score_config()  # validates score_type, normalizer_type, normalizer_momentum
 
     def score_config(self) -> ScoreConfig:

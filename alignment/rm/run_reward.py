@@ -31,7 +31,8 @@ __all__ = ["main", "build_trainer", "load_score_model"]
 
 
 def load_score_model(model_args: RewardModelArguments, training_args, tokenizer=None):
-    """The score model to train (a new head unless ``init_score_head`` is false), embeddings fit the tokenizer."""
+    """The score model to train (a new head unless ``init_score_head`` is false), embeddings fit the tokenizer;
+    with ``lora`` a ``LoRAModel`` around it whose adapters and score head train (``wrap_score_lora``)."""
     from alignment.models import ScoreModel, resolve_dtype
 
     cfg = model_args.score_config()
@@ -51,6 +52,11 @@ def load_score_model(model_args: RewardModelArguments, training_args, tokenizer=
         from alignment.data import ensure_pad_token
 
         ensure_pad_token(tokenizer, model)
+    if model_args.lora:
+        from alignment.models.loading import wrap_score_lora
+
+        model = wrap_score_lora(model, model_args, base_model_name_or_path=model_args.model_name_or_path,
+                                seed=training_args.seed)
     return model
 
 
@@ -92,6 +98,9 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
         [RewardModelArguments, RewardDataArguments, RewardArguments, TrainingArguments], argv
     )
     pipeline = training_args.pipeline_parallel_degree > 1
+    if pipeline and model_args.lora:
+        raise ValueError("lora in the reward-model stage runs without pipeline parallelism (set "
+                         "pipeline_parallel_degree 1; tensor and data parallelism work)")
     if pipeline and model_args.normalize_score_during_training:
         raise ValueError("normalize_score_during_training needs the end scores of every rank in one place; it is "
                          "not available with pipeline_parallel_degree > 1 (set it false, or use tensor parallelism)")
@@ -106,10 +115,12 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
         else:
             model = load_score_model(model_args, training_args, tokenizer)
     train_ds, eval_ds = build_datasets(PreferenceDataset, data_args, tokenizer, training_args.seed)
-    return RewardTrainer(
+    trainer = RewardTrainer(
         model=model, args=training_args, reward_args=reward_args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=train_ds.get_collator(), tokenizer=tokenizer,
     )
+    trainer.lora_merge = bool(model_args.lora and model_args.merge_lora_on_save)
+    return trainer
 
 
 def main(argv: Optional[Sequence[str]] = None):
@@ -118,6 +129,9 @@ def main(argv: Optional[Sequence[str]] = None):
 
     trainer = build_trainer(argv)
     run_trainer(trainer, trainer.args)
+    trained = trainer.args.do_train or not trainer.args.do_eval
+    if trainer.lora_merge and trained:  # the merged score model next to the adapters
+        trainer.save_merged(trainer.args.output_dir)
     return trainer
 
 

@@ -189,6 +189,10 @@ class RewardTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
         from alignment.parallel.checkpoint import full_state_dict
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        from alignment.models.loading import is_lora_model
+
+        if is_lora_model(self.model):
+            return self._save_lora(output_dir)
         state = full_state_dict(self.model, gather_stage3=False)
         if state is None or not self.args.should_save:
             return
@@ -197,3 +201,35 @@ class RewardTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(output_dir)
         paddle.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    # ---------------------------------------------------------------------------------------------- LoRA
+    def _save_lora(self, output_dir: str) -> None:
+        """Adapters + head: lora_config.json and lora_model_state.pdparams (safetensors content: the adapters and
+        the score head, what a resume reloads), value_head.safetensors and the score config.json."""
+        from alignment.models.score_model import save_score_head
+        from alignment.parallel import unwrap_model
+        from alignment.utils.safe_io import safe_paddle_io
+
+        model = unwrap_model(self.model)
+        with safe_paddle_io():
+            model.save_pretrained(output_dir, merge_tensor_parallel=self.args.tensor_parallel_degree > 1,
+                                  is_main_process=self.args.should_save)
+        if not self.args.should_save:
+            return
+        save_score_head(model.model, output_dir)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(output_dir)
+        paddle.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def save_merged(self, output_dir: str) -> None:
+        """The LoRA-merged score model (config.json, model.safetensors, value_head.safetensors) in ``output_dir``,
+        next to the adapter files; ``ScoreModel.from_pretrained`` loads it without paddlenlp.peft. Collective."""
+        from alignment.models.loading import merge_lora_state_dict
+        from alignment.models.score_model import save_score_checkpoint
+        from alignment.parallel import unwrap_model
+        from alignment.parallel.checkpoint import full_state_dict
+
+        model = unwrap_model(self.model)
+        state = full_state_dict(model.model, state_dict=merge_lora_state_dict(model), gather_stage3=False)
+        if state is not None and self.args.should_save:
+            save_score_checkpoint(model.model, output_dir, state)

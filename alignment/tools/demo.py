@@ -142,12 +142,38 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
             time.sleep(0.2)
 
 
+PROGRESS_EVERY_S = 10.0
+_PROGRESS_KEYS = ("loss", "train_loss", "eval_loss", "accuracy", "eval_accuracy", "reward", "kl_divergence")
+
+
+def progress_line(stage: str, elapsed: float, metrics: Optional[Path]) -> str:
+    """``[demo] sft: 40s, step 30, loss 2.913`` from the newest record of the stage's metrics.jsonl."""
+    line = f"[demo] {stage}: {elapsed:.0f}s"
+    record = {}
+    try:
+        with open(metrics, encoding="utf-8") as f:
+            for text in f:
+                if text.strip():
+                    record = json.loads(text)
+    except (OSError, TypeError, ValueError):
+        record = {}
+    step = record.get("step", record.get("global_step"))
+    if step is not None:
+        line += f", step {step}"
+    shown = [f"{k} {record[k]:.4g}" for k in _PROGRESS_KEYS if isinstance(record.get(k), (int, float))]
+    if not shown and step is None:
+        return line + ", loading"
+    return line + "".join(", " + text for text in shown[:2])
+
+
 def _run(stage: str, args: Sequence[str], log_dir: Path, *, worker_log_dir: Optional[Path] = None,
-         timeout: Optional[float] = None) -> float:
+         timeout: Optional[float] = None, metrics: Optional[Path] = None) -> float:
     """``python <args>`` from the repository root, output to ``log_dir/<stage>.log``; seconds it took.
 
-    The stage runs in its own process group, ended on a timeout or Ctrl-C (and after a launcher exits, so no
-    worker outlives it). On failure raises SystemExit with ``failure_message``.
+    Every ``PROGRESS_EVERY_S`` seconds a line with the elapsed time and the newest step and metric of
+    ``metrics`` (the stage's metrics.jsonl) goes to the console. The stage runs in its own process group, ended
+    on a timeout or Ctrl-C (and after a launcher exits, so no worker outlives it). On failure raises SystemExit
+    with ``failure_message``.
     """
     log = log_dir / f"{stage}.log"
     start = time.time()
@@ -157,13 +183,20 @@ def _run(stage: str, args: Sequence[str], log_dir: Path, *, worker_log_dir: Opti
         proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=f,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            returncode = None
+            while returncode is None:
+                left = None if timeout is None else timeout - (time.time() - start)
+                if left is not None and left <= 0:
+                    break
+                try:
+                    returncode = proc.wait(timeout=PROGRESS_EVERY_S if left is None else min(PROGRESS_EVERY_S, left))
+                except subprocess.TimeoutExpired:
+                    print(progress_line(stage, time.time() - start, metrics), flush=True)
         finally:  # also on KeyboardInterrupt
             _stop(proc)
     if returncode != 0:
         raise SystemExit(failure_message(stage, returncode, log, worker_log_dir, timeout))
+    print(progress_line(stage, time.time() - start, metrics).replace(f"[demo] {stage}:", f"[demo] {stage} done:"),
+          flush=True)
     return time.time() - start
 
 
@@ -352,7 +385,7 @@ def main(argv: List[str] | None = None) -> None:
         ["alignment/sft/run_sft.py", "config/llama/tiny/sft_argument.json",
          "--model_name_or_path", str(model), "--train_datasets", f"json:1.0:{data['sft']}",
          *_stage_flags(sft_dir, args.sft_steps), "--max_length", "160", "--logging_steps", "25"],
-        logs,
+        logs, metrics=sft_dir / "metrics.jsonl",
     )
 
     rm_dir = out / "rm"
@@ -361,7 +394,7 @@ def main(argv: List[str] | None = None) -> None:
         ["alignment/rm/run_reward.py", "config/llama/tiny/rm_argument.json",
          "--model_name_or_path", str(sft_dir), "--train_datasets", f"json:1.0:{data['pairs']}",
          *_stage_flags(rm_dir, args.rm_steps), "--max_length", "160", "--logging_steps", "25"],
-        logs,
+        logs, metrics=rm_dir / "metrics.jsonl",
     )
 
     ppo_dir = out / "ppo"
@@ -376,7 +409,7 @@ def main(argv: List[str] | None = None) -> None:
     timings["PPO"] = _run(
         "ppo", ppo_command(layout, ppo_args, launch_log), logs,
         worker_log_dir=launch_log if layout.launched else None,
-        timeout=LAUNCH_TIMEOUT_S if layout.launched else None,
+        timeout=LAUNCH_TIMEOUT_S if layout.launched else None, metrics=ppo_dir / "metrics.jsonl",
     )
     if layout.launched:
         confirmed = check_launched_layout(layout, launch_log)

@@ -1,4 +1,4 @@
-"""Build a tiny, PaddleNLP-loadable Llama model and SentencePiece tokenizer, with no download.
+"""Build a tiny, PaddleNLP-loadable Llama (or Qwen2) model and SentencePiece tokenizer, with no download.
 
 Used by every test (through a session-scoped fixture) and by ``make demo``. The tokenizer is trained on
 ``tiny_corpus.txt`` shipped next to this file (GSM8K + HH-RLHF, both MIT; see CORPUS_SOURCES.md) and has
@@ -6,6 +6,8 @@ distinct ids for ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2 and ``<pad>`` 3, so a genera
 for padding.
 
     python -m alignment.tools.make_tiny_model --out /tmp/tiny-llama --hidden-size 64 --num-layers 2
+    python -m alignment.tools.make_tiny_model --out /tmp/tiny-qwen2 --arch qwen2      # grouped-query attention
+    python -m alignment.tools.make_tiny_model --out /tmp/tiny-hf --layout hf          # Hugging Face layout
 
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("/tmp/tiny-llama")
@@ -27,6 +29,7 @@ from alignment.utils.io import atomic_dir
 
 CORPUS = Path(__file__).with_name("tiny_corpus.txt")
 UNK, BOS, EOS, PAD = 0, 1, 2, 3
+ARCHS = ("llama", "qwen2")
 
 
 @dataclass
@@ -42,8 +45,11 @@ class TinyModelSpec:
     max_position_embeddings: int = 1024
     seed: int = 0
     tie_word_embeddings: bool = False
+    arch: str = "llama"  # llama | qwen2 (Qwen2: q/k/v biases; num_key_value_heads defaults to num_heads / 2)
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch='{self.arch}' is not valid; allowed values: {', '.join(ARCHS)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
@@ -94,14 +100,27 @@ def train_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 512, corpus: P
     return path
 
 
-def build_tiny_model(out_dir: str | os.PathLike, spec: Optional[TinyModelSpec] = None) -> Path:
-    """Write tokenizer + random-initialised ``LlamaForCausalLM`` into ``out_dir`` (atomically).
+def build_tiny_model(out_dir: str | os.PathLike, spec: Optional[TinyModelSpec] = None, layout: str = "paddle") -> Path:
+    """Write tokenizer + random-initialised ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` into ``out_dir``
+    (atomically). ``layout="hf"`` writes it as a Hugging Face checkpoint instead (PyTorch-layout safetensors,
+    HF config and tokenizer files; ``alignment.models.hf.export_hf``), the way a user's download looks.
 
     The directory is assembled under a temporary name and renamed into place, so an interrupted build
     never leaves a half-written model behind.
     """
+    if layout not in ("paddle", "hf"):
+        raise ValueError(f"layout='{layout}' is not valid; allowed values: paddle, hf")
+    if layout == "hf":
+        import tempfile
+
+        from alignment.models.hf import export_hf
+
+        with tempfile.TemporaryDirectory() as tmp:
+            source = build_tiny_model(Path(tmp) / "paddle", spec)
+            export_hf(str(source), str(out_dir))
+        return Path(out_dir).resolve()
     import paddle
-    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     spec = spec or TinyModelSpec()
     out_dir = Path(out_dir).resolve()
@@ -115,13 +134,16 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: Optional[TinyModelSpec] =
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(tmp / "_sp")
 
-        config = LlamaConfig(
+        config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if spec.arch == "qwen2" else (LlamaConfig,
+                                                                                               LlamaForCausalLM)
+        kv_heads = spec.num_key_value_heads or (max(spec.num_heads // 2, 1) if spec.arch == "qwen2" else spec.num_heads)
+        config = config_cls(
             vocab_size=spec.vocab_size,
             hidden_size=spec.hidden_size,
             intermediate_size=spec.intermediate_size,
             num_hidden_layers=spec.num_layers,
             num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_key_value_heads or spec.num_heads,
+            num_key_value_heads=kv_heads,
             max_position_embeddings=spec.max_position_embeddings,
             bos_token_id=BOS,
             eos_token_id=EOS,
@@ -130,9 +152,9 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: Optional[TinyModelSpec] =
             use_flash_attention=False,
             dtype="float32",
         )
-        config.architectures = ["LlamaForCausalLM"]
+        config.architectures = [model_cls.__name__]
         paddle.seed(spec.seed)
-        model = LlamaForCausalLM(config)
+        model = model_cls(config)
         model.save_pretrained(str(tmp), safe_serialization=True)  # no pickle: model.safetensors
         (tmp / "tiny_model_spec.json").write_text(json.dumps(asdict(spec), indent=2))
     return out_dir
@@ -149,6 +171,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--num-heads", type=int, default=defaults.num_heads)
     parser.add_argument("--max-position-embeddings", type=int, default=defaults.max_position_embeddings)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--arch", default=defaults.arch, choices=ARCHS, help="model family (default: llama)")
+    parser.add_argument("--layout", default="paddle", choices=("paddle", "hf"),
+                        help="paddle: PaddleNLP checkpoint; hf: Hugging Face checkpoint (PyTorch-layout safetensors)")
     args = parser.parse_args(argv)
     spec = TinyModelSpec(
         vocab_size=args.vocab_size,
@@ -158,8 +183,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         num_heads=args.num_heads,
         max_position_embeddings=args.max_position_embeddings,
         seed=args.seed,
+        arch=args.arch,
     )
-    path = build_tiny_model(args.out, spec)
+    path = build_tiny_model(args.out, spec, layout=args.layout)
     print(f"tiny model and tokenizer written to {path}")
 
 

@@ -24,7 +24,7 @@ import shutil
 import time
 from typing import Iterable, List, Optional, Tuple
 
-from alignment.utils.safe_io import fsync_tree
+from alignment.utils.safe_io import fsync_tree, share_tree
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def publish_dir(source: str, final: str, meta: Optional[dict] = None) -> None:
         for name in sorted(names):
             path = os.path.join(root, name)
             files[os.path.relpath(path, source)] = os.path.getsize(path)
+    share_tree(source)  # the user's umask, not the temporary names' 0700 / 0600
     fsync_tree(source)
     record = {"complete": True, "step": _step(final), "time": time.time(), **(meta or {}), "files": files}
     marker_tmp = os.path.join(source, f".{MARKER}.tmp")

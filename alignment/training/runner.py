@@ -207,7 +207,7 @@ def save_model(trainer, output_dir: Optional[str] = None) -> None:
     import shutil
 
     from alignment.parallel import ParallelStrategy
-    from alignment.utils.safe_io import fsync_tree
+    from alignment.utils.safe_io import fsync_tree, share_tree
 
     output_dir = output_dir or trainer.args.output_dir
     strategy = ParallelStrategy.current()
@@ -219,6 +219,7 @@ def save_model(trainer, output_dir: Optional[str] = None) -> None:
     _save_model_files(trainer, staging)
     strategy.barrier()
     if strategy.is_main_process:
+        share_tree(staging)  # the user's umask, not the temporary names' 0700 / 0600
         fsync_tree(staging)
         names = sorted(os.listdir(staging), key=lambda n: n == "config.json")
         for name in names:
@@ -270,7 +271,10 @@ def save_merged_lora(trainer, output_dir: str) -> None:
             save_causal_lm(output_dir, full, model.model.config, single_architecture(model.model))
         return
     if trainer.args.should_save:
+        from alignment.utils.safe_io import share_tree
+
         model.model.save_pretrained(output_dir, state_dict=state, safe_serialization=True)
+        share_tree(output_dir)  # PaddleNLP's safetensors writer leaves 0600
 
 
 def finish(trainer, model_args: ModelArguments, training_args) -> None:

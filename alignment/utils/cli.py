@@ -292,6 +292,13 @@ def parse_args(dataclass_types: Sequence[Type], argv: Optional[Sequence[str]] = 
         problem = output_dir_problem(target)
         if problem:
             raise ArgumentError(problem)
+    for obj in objs:  # bf16 / fp16 on a CPU-only Paddle: one line now, not a kernel error in the first step
+        if hasattr(obj, "bf16") and hasattr(obj, "fp16"):
+            from alignment.training.precision import precision_problem
+
+            problem = precision_problem(bool(obj.bf16), bool(obj.fp16), str(getattr(obj, "fp16_opt_level", "O1")))
+            if problem:
+                raise ArgumentError(problem)
     for obj in objs:  # the layout of a Trainer-based stage: validated, groups adopted from fleet
         if hasattr(obj, "tensor_parallel_degree") and hasattr(obj, "per_device_train_batch_size"):
             try:

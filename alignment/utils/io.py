@@ -42,13 +42,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.", dir=path.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the published directory is as open as mkdir makes it
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    from alignment.utils.safe_io import fsync_tree
+    from alignment.utils.safe_io import fsync_tree, share_tree
 
+    share_tree(str(tmp))  # the user's umask, not the temporary names' 0700 / 0600
     fsync_tree(str(tmp))  # the data is on disk before the rename makes it visible
     if path.exists():
         old = path.with_name(f".{path.name}.old")

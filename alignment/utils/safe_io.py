@@ -39,6 +39,8 @@ __all__ = [
     "load_tree",
     "safe_paddle_io",
     "fsync_tree",
+    "share_tree",
+    "make_readable",
 ]
 
 ALLOW_PICKLE_FLAG = "--allow_pickle true"
@@ -289,6 +291,27 @@ def _readable(path: str) -> None:
     os.umask(mask)
     with contextlib.suppress(OSError):
         os.chmod(path, 0o666 & ~mask)
+
+
+def make_readable(path: str) -> None:
+    """``path`` (a file just written by safetensors' ``save_file``, which makes 0600) as ``open`` makes it."""
+    _readable(os.fspath(path))
+
+
+def share_tree(directory: str) -> None:
+    """Give every file under ``directory`` 0666 and every directory 0777 minus the umask, as ``open`` and
+    ``mkdir`` would: temporary names (mkstemp, mkdtemp, PaddleNLP's writers) leave 0600 / 0700, which a team
+    sharing a cluster cannot read once the directory is renamed into place."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(directory):
+        with contextlib.suppress(OSError):
+            os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o666 & ~mask)
 
 
 def fsync_tree(directory: str) -> None:

@@ -154,3 +154,14 @@ def test_a_hung_stage_is_stopped_with_its_process_group(tmp_path):
 def test_stage_commands_run_with_this_interpreter(tmp_path):
     demo._run("ok", ["-c", "import sys; print(sys.executable)"], tmp_path)
     assert (tmp_path / "ok.log").read_text().strip() == sys.executable
+
+
+def test_progress_line_shows_elapsed_time_step_and_metric(tmp_path):
+    from alignment.tools.demo import progress_line
+
+    metrics = tmp_path / "metrics.jsonl"
+    assert progress_line("sft", 3.2, metrics) == "[demo] sft: 3s, loading"
+    metrics.write_text('{"step": 10, "loss": 2.5}\n{"step": 20, "loss": 2.25, "learning_rate": 0.001}\n')
+    assert progress_line("sft", 41.6, metrics) == "[demo] sft: 42s, step 20, loss 2.25"
+    metrics.write_text('{"step": 3, "reward": 0.5, "kl_divergence": 0.01, "actor_loss": 1}\n')
+    assert progress_line("ppo", 9, metrics) == "[demo] ppo: 9s, step 3, reward 0.5, kl_divergence 0.01"
