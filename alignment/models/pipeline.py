@@ -168,7 +168,7 @@ def is_pipeline_model(model) -> bool:
 
 
 def _load(name_or_path: str, criterion: PipeCriterion, dtype: Any, score_head, config_overrides, **config_kw):
-    from .loading import load_config, resolve_dtype
+    from .loading import load_config, resolve_dtype, resolve_model_path
 
     dtype = resolve_dtype(dtype)
     config = load_config(name_or_path, dtype=dtype, overrides=config_overrides, **config_kw)
@@ -180,7 +180,7 @@ def _load(name_or_path: str, criterion: PipeCriterion, dtype: Any, score_head, c
     config.alignment_criterion = criterion
     cls = pipe_class(config.model_type, score_head=score_head)
     try:
-        model = cls.from_pretrained(name_or_path, config=config, dtype=dtype)
+        model = cls.from_pretrained(resolve_model_path(name_or_path), config=config, dtype=dtype)
     finally:
         del config.alignment_criterion  # read once by get_loss_fn; a config must stay JSON-serialisable
     model.alignment_criterion = criterion  # a trainer may bind its loss later (``criterion.fn = ...``)

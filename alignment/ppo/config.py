@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
+from alignment.models.loading import LoraArguments
+
 __all__ = [
     "ModelArgument",
     "DataArgument",
@@ -59,8 +61,10 @@ def _positive(obj, *names: str, allow_zero: bool = False) -> None:
 
 
 @dataclass
-class ModelArgument:
-    """Which checkpoints make the four models."""
+class ModelArgument(LoraArguments):
+    """Which checkpoints make the four models; with ``lora`` the actor trains LoRA adapters (its reference is the
+    same model with the adapters off, no second copy) and, unless ``critic_lora`` is false, so does the critic
+    (adapters + its score head)."""
 
     actor_model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "SFT checkpoint (local dir or hub name) for the actor and the reference."}
@@ -83,8 +87,19 @@ class ModelArgument:
     critic_recompute_granularity: str = field(
         default="full", metadata={"help": "Recompute granularity of the critic (full | full_attn | core_attn)."}
     )
+    critic_lora: Optional[bool] = field(
+        default=None, metadata={"help": "LoRA adapters on the critic's backbone, its score head trained in full "
+                                        "(default: as lora)."}
+    )
+    merge_lora_on_save: bool = field(
+        default=True, metadata={"help": "With lora: the final policy/ and value/ are merged models (next to the "
+                                        "adapter files); false: adapters (+ the critic's head) only."}
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the LoRA fields
+        if self.critic_lora is None:
+            self.critic_lora = bool(self.lora)
         for name in ("recompute_granularity", "critic_recompute_granularity"):
             _choice(self, name, ("full", "full_attn", "core_attn"))
 
@@ -336,7 +351,10 @@ class PPOArguments:
 
         self.offload_level = " ".join(parse_offload_level(self.offload_level))
         if self.bf16 or self.fp16:
-            _not_yet("bf16/fp16", True, "False", "mixed-precision PPO")
+            from alignment.training.precision import check_precision
+
+            check_precision(self)  # a CPU-only Paddle: one line (amp inactive, no bf16/fp16 kernels)
+            _not_yet("bf16/fp16", True, "False", "paddle.amp in PPO's own rollout and update loop on GPU")
         from alignment.parallel import ParallelStrategy
 
         layout = ParallelStrategy.from_args(self)  # checks the degrees and the sharding stage
