@@ -3,3 +3,4 @@
 // The .cu files are added to the build (alignment/ops/_build.py) only for a CUDA Paddle.
 #include "logps_op.cc"
 #include "sampling_op.cc"
+#include "attention_op.cc"

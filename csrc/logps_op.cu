@@ -6,7 +6,7 @@
 #include "paddle/extension.h"
 
 std::vector<paddle::Tensor> fused_logps_cuda_forward(const paddle::Tensor& logits, const paddle::Tensor& labels,
-                                                     float scale, bool with_entropy) {
+                                                     float scale, bool with_entropy, int64_t offset) {
   const auto& s = logits.shape();
   const int64_t N = s[0], L = s[1], V = s[2], T = labels.shape()[1];
   auto logps = paddle::empty({N, T}, logits.dtype(), logits.place());
@@ -15,7 +15,7 @@ std::vector<paddle::Tensor> fused_logps_cuda_forward(const paddle::Tensor& logit
   PD_DISPATCH_FLOATING_TYPES(logits.type(), "fused_logps_cuda_forward", ([&] {
     alignment_ops::launch_logps_forward<data_t>(logits.data<data_t>(), labels.data<int64_t>(), N, L, T, V, scale,
                                                 with_entropy, logps.data<data_t>(), entropy.data<data_t>(),
-                                                lse.data<data_t>(), logits.stream());
+                                                lse.data<data_t>(), logits.stream(), offset);
   }));
   return {logps, entropy, lse};
 }
@@ -23,7 +23,7 @@ std::vector<paddle::Tensor> fused_logps_cuda_forward(const paddle::Tensor& logit
 paddle::Tensor fused_logps_cuda_backward(const paddle::Tensor& logits, const paddle::Tensor& labels,
                                          const paddle::Tensor& lse, const paddle::Tensor& entropy,
                                          const paddle::Tensor* grad_logps, const paddle::Tensor* grad_entropy,
-                                         float scale) {
+                                         float scale, int64_t offset) {
   const auto& s = logits.shape();
   const int64_t N = s[0], L = s[1], V = s[2], T = labels.shape()[1];
   auto grad_logits = paddle::empty(s, logits.dtype(), logits.place());
@@ -31,7 +31,7 @@ paddle::Tensor fused_logps_cuda_backward(const paddle::Tensor& logits, const pad
     alignment_ops::launch_logps_backward<data_t>(
         logits.data<data_t>(), labels.data<int64_t>(), lse.data<data_t>(), entropy.data<data_t>(),
         grad_logps ? grad_logps->data<data_t>() : nullptr, grad_entropy ? grad_entropy->data<data_t>() : nullptr,
-        N, L, T, V, scale, grad_logits.data<data_t>(), logits.stream());
+        N, L, T, V, scale, grad_logits.data<data_t>(), logits.stream(), offset);
   }));
   return grad_logits;
 }

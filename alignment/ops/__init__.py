@@ -2,6 +2,7 @@
 
     logps, entropy = completion_logps(logits, labels, mask, with_entropy=True)  # fused when built
     ids = sample_tokens(logits, history, history_mask, temperature=0.7, top_p=0.9)
+    out = decode_attention(q, k, v, cos, sin, positions, key_mask, cache_k, cache_v, t, scale)  # KV cache in place
 
 ``use_fusemt`` is the one switch between the fused operators and the references: on by default (the
 environment variable ``ALIGNMENT_USE_FUSEMT=0`` turns it off), and the fused path is taken only where
@@ -33,10 +34,13 @@ __all__ = [
     "num_threads",
     "completion_logps",
     "completion_logps_reference",
+    "fused_applies",
     "sample_tokens",
     "sample_tokens_reference",
     "apply_penalties",
     "fused_penalties",
+    "decode_attention",
+    "decode_attention_reference",
 ]
 
 _SWITCH = {"on": os.environ.get("ALIGNMENT_USE_FUSEMT", "1") != "0", "threads": None}
@@ -85,7 +89,8 @@ def num_threads() -> int:
         return 1
 
 
-from .logps import completion_logps, completion_logps_reference, install_logps_hook  # noqa: E402
+from .attention import decode_attention, decode_attention_reference  # noqa: E402
+from .logps import completion_logps, completion_logps_reference, fused_applies, install_logps_hook  # noqa: E402
 from .sampling import apply_penalties, fused_penalties, sample_tokens, sample_tokens_reference  # noqa: E402
 
 install_logps_hook()

@@ -2,9 +2,10 @@
 
     logps, entropy = completion_logps(logits, labels, mask, with_entropy=True, temperature=0.7)
 
-logits (N, L, V) float; labels (N, T) int64 with T <= L: ``labels[:, t]`` is scored by ``logits[:, t]``,
-so a causal LM's ``labels[:, 1:]`` goes with the unsliced logits (T = L - 1) and the strided copy of
-``logits[:, :-1]`` and its backward are never made. mask (N, T) optional; positions with mask 0 or a
+logits (N, L, V) float; labels (N, T) int64 with offset + T <= L: ``labels[:, t]`` is scored by
+``logits[:, offset + t]``, so a causal LM's ``labels[:, 1:]`` goes with the unsliced logits (T = L - 1,
+offset 0) and a response window with ``offset = P - 1``: the strided copy of ``logits[:, :-1]`` (or of
+the window) and its backward are never made. mask (N, T) optional; positions with mask 0 or a
 negative label are ignored: their log-prob and entropy are 0 and they get no gradient. Returns
 (N, T) tensors in float32 (float64 for float64 logits) and None for the entropy unless asked.
 
@@ -24,7 +25,7 @@ from typing import Optional, Tuple
 
 import paddle
 
-__all__ = ["completion_logps", "completion_logps_reference", "install_logps_hook"]
+__all__ = ["completion_logps", "completion_logps_reference", "fused_applies", "install_logps_hook"]
 
 
 def _valid_labels(labels: paddle.Tensor, mask: Optional[paddle.Tensor]) -> paddle.Tensor:
@@ -45,10 +46,11 @@ def completion_logps_reference(
     *,
     with_entropy: bool = False,
     temperature: float = 1.0,
+    offset: int = 0,
 ) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
     """Pure-Paddle twin of ``completion_logps`` (same arguments, same results)."""
     labels = _valid_labels(labels, mask)
-    z = logits[:, : labels.shape[1]].astype(_float_dtype(logits))
+    z = logits[:, offset : offset + labels.shape[1]].astype(_float_dtype(logits))
     if temperature != 1.0:
         z = z / temperature
     valid = (labels >= 0) & (labels < z.shape[-1])
@@ -77,6 +79,17 @@ def _library(logits: paddle.Tensor, use_fusemt: Optional[bool]):
     return load_ops()
 
 
+def fused_applies(logits: paddle.Tensor) -> bool:
+    """True when ``completion_logps`` would run the fused operator on ``logits`` (switch on, library built,
+    (N, L, V) on CPU or CUDA, not a vocabulary-parallel shard)."""
+    from alignment.algorithms.utils import get_vocab_shard
+
+    shard = get_vocab_shard()
+    if shard is not None and shard.local_size != shard.full_size and logits.shape[-1] == shard.local_size:
+        return False
+    return _library(logits, None) is not None
+
+
 def completion_logps(
     logits: paddle.Tensor,
     labels: paddle.Tensor,
@@ -84,6 +97,7 @@ def completion_logps(
     *,
     with_entropy: bool = False,
     temperature: float = 1.0,
+    offset: int = 0,
     use_fusemt: Optional[bool] = None,
 ) -> Tuple[paddle.Tensor, Optional[paddle.Tensor]]:
     """Per-token log-probs (and entropy) of ``labels`` under ``logits``; see the module docstring.
@@ -92,19 +106,22 @@ def completion_logps(
     """
     if temperature <= 0:
         raise ValueError(f"completion_logps: temperature must be > 0, got {temperature}")
-    if labels.ndim != 2 or logits.ndim != 3 or labels.shape[0] != logits.shape[0] or labels.shape[1] > logits.shape[1]:
+    if (labels.ndim != 2 or logits.ndim != 3 or labels.shape[0] != logits.shape[0] or offset < 0
+            or offset + labels.shape[1] > logits.shape[1]):
         raise ValueError(
-            f"completion_logps: logits must be (N, L, V) and labels (N, T) with T <= L, got {logits.shape} and "
-            f"{labels.shape}"
+            f"completion_logps: logits must be (N, L, V) and labels (N, T) with offset + T <= L, got {logits.shape}, "
+            f"{labels.shape} and offset {offset}"
         )
     lib = _library(logits, use_fusemt)
     if lib is None:
-        return completion_logps_reference(logits, labels, mask, with_entropy=with_entropy, temperature=temperature)
+        return completion_logps_reference(logits, labels, mask, with_entropy=with_entropy, temperature=temperature,
+                                          offset=offset)
     from . import num_threads
 
     z = logits if logits.dtype in (paddle.float32, paddle.float64) else logits.astype("float32")
     logps, entropy, _ = lib.call(
-        "fused_logps", z, _valid_labels(labels, mask), 1.0 / float(temperature), bool(with_entropy), num_threads()
+        "fused_logps", z, _valid_labels(labels, mask), 1.0 / float(temperature), bool(with_entropy), num_threads(),
+        int(offset),
     )
     return logps, (entropy if with_entropy else None)
 

@@ -3,9 +3,10 @@
 // vectorised inside a row. No Paddle here: csrc/tests/ builds these same functions into a plain shared
 // library to compare them with the CUDA kernels.
 //
-// Layout: logits (N, L, V) contiguous; labels (N, T) with T <= L score the first T positions of every
-// row (so ``logits[:, :-1]`` never has to be sliced: T = L - 1). A label < 0 marks an ignored position:
-// its outputs are 0 and its gradient row is 0. Rows t >= T of the gradient are 0.
+// Layout: logits (N, L, V) contiguous; labels (N, T) with offset + T <= L: labels[:, t] is scored by
+// logits[:, offset + t] (so neither ``logits[:, :-1]`` (T = L - 1, offset 0) nor a response window
+// ``logits[:, P-1 : P-1+R]`` (offset P - 1) has to be sliced and copied). A label < 0 marks an ignored
+// position: its outputs are 0 and its gradient row is 0. Gradient rows outside the window are 0.
 //
 //   z'  = scale * z                       (scale = 1 / temperature)
 //   lse = log sum_v exp(z'_v)
@@ -29,7 +30,8 @@ namespace alignment_ops {
 
 template <typename T>
 void logps_forward_cpu(const T* logits, const int64_t* labels, int64_t N, int64_t L, int64_t Tn, int64_t V,
-                       float scale, bool with_entropy, T* logps, T* entropy, T* lse_out, int nthreads) {
+                       float scale, bool with_entropy, T* logps, T* entropy, T* lse_out, int nthreads,
+                       int64_t offset = 0) {
   const int64_t rows = N * Tn;
   const T s = static_cast<T>(scale);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
@@ -42,7 +44,7 @@ void logps_forward_cpu(const T* logits, const int64_t* labels, int64_t N, int64_
       lse_out[r] = T(0);
       continue;
     }
-    const T* z = logits + (n * L + t) * V;
+    const T* z = logits + (n * L + offset + t) * V;
     T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
     for (int64_t v = 0; v < V; ++v) m = std::max(m, z[v]);
@@ -71,14 +73,14 @@ void logps_forward_cpu(const T* logits, const int64_t* labels, int64_t N, int64_
 template <typename T>
 void logps_backward_cpu(const T* logits, const int64_t* labels, const T* lse_in, const T* entropy,
                         const T* grad_logps /* nullable */, const T* grad_entropy /* nullable */, int64_t N, int64_t L,
-                        int64_t Tn, int64_t V, float scale, T* grad_logits, int nthreads) {
+                        int64_t Tn, int64_t V, float scale, T* grad_logits, int nthreads, int64_t offset = 0) {
   const T s = static_cast<T>(scale);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t row = 0; row < N * L; ++row) {
-    const int64_t n = row / L, t = row % L;
+    const int64_t n = row / L, t = row % L - offset;
     T* g = grad_logits + row * V;
     const int64_t r = n * Tn + t;
-    const int64_t label = t < Tn ? labels[r] : -1;
+    const int64_t label = (t >= 0 && t < Tn) ? labels[r] : -1;
     if (label < 0 || label >= V) {
       std::fill(g, g + V, T(0));
       continue;

@@ -10,6 +10,9 @@ pointers of torch tensors (CPU tensors to the CPU shim, CUDA tensors to the CUDA
 
 * fused log-probs forward (log-probs, entropy, logsumexp) and backward (the (N, L, V) gradient) on
   random logits with ignored labels, max abs difference CUDA vs CPU < 1e-4;
+* fused log-probs with an offset (labels scored by logits[:, offset + t]);
+* decode attention (one query per row over a KV cache, rotary, GQA, masked columns): output and the
+  in-place cache column, max abs difference < 1e-4; bandwidth counts one read of the K and V cache;
 * the sampler: greedy ids identical; sampled ids with the same seed agree on >= 99% of rows (both draw
   the same uniform; a few rows may differ where float sums in a different order cross a token boundary);
 * timings (CUDA events, median of 20) and the achieved bandwidth: forward reads N*L*V*4 bytes, backward
@@ -58,42 +61,76 @@ def _time_cuda(torch, fn, reps=20):
     return sorted(times)[len(times) // 2]
 
 
-def check_logps(torch, cpu, cuda, N, L, V, threads, peak):
+def check_logps(torch, cpu, cuda, N, L, V, threads, peak, offset=0):
     i64, f32 = ctypes.c_int64, ctypes.c_float
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(N, L, V, generator=g) * 3
-    labels = torch.randint(0, V, (N, L - 1), generator=g)
+    T = L - 1 - offset
+    labels = torch.randint(0, V, (N, T), generator=g)
     labels[:, : L // 4] = -100
-    T = L - 1
     out = {k: torch.empty(N, T) for k in ("lp", "ent", "lse")}
     cpu.cpu_logps_forward(_p(logits), _p(labels), i64(N), i64(L), i64(T), i64(V), f32(0.7), 1, _p(out["lp"]),
-                          _p(out["ent"]), _p(out["lse"]), threads)
+                          _p(out["ent"]), _p(out["lse"]), threads, i64(offset))
     gl, ge = torch.randn(N, T, generator=g), torch.randn(N, T, generator=g)
     grad = torch.empty(N, L, V)
     cpu.cpu_logps_backward(_p(logits), _p(labels), _p(out["lse"]), _p(out["ent"]), _p(gl), _p(ge), i64(N), i64(L),
-                           i64(T), i64(V), f32(0.7), _p(grad), threads)
+                           i64(T), i64(V), f32(0.7), _p(grad), threads, i64(offset))
     d = {k: v.cuda() for k, v in dict(logits=logits, labels=labels, gl=gl, ge=ge).items()}
     dout = {k: torch.empty(N, T, device="cuda") for k in ("lp", "ent", "lse")}
     dgrad = torch.empty(N, L, V, device="cuda")
 
     def fwd():
         return cuda.cuda_logps_forward(_p(d["logits"]), _p(d["labels"]), i64(N), i64(L), i64(T), i64(V), f32(0.7), 1,
-                                       _p(dout["lp"]), _p(dout["ent"]), _p(dout["lse"]))
+                                       _p(dout["lp"]), _p(dout["ent"]), _p(dout["lse"]), i64(offset))
 
     def bwd():
         return cuda.cuda_logps_backward(_p(d["logits"]), _p(d["labels"]), _p(dout["lse"]), _p(dout["ent"]),
                                         _p(d["gl"]), _p(d["ge"]), i64(N), i64(L), i64(T), i64(V), f32(0.7),
-                                        _p(dgrad))
+                                        _p(dgrad), i64(offset))
 
     assert fwd() == 0 and bwd() == 0 and cuda.cuda_synchronize() == 0
     diffs = {k: float((dout[k].cpu() - out[k]).abs().max()) for k in out}
     diffs["grad"] = float((dgrad.cpu() - grad).abs().max())
     t_f, t_b = _time_cuda(torch, fwd), _time_cuda(torch, bwd)
     nbytes = N * L * V * 4
-    row = dict(op="fused_logps", shape=f"{N}x{L}x{V}", max_abs_diff=max(diffs.values()), diffs=diffs,
+    row = dict(op="fused_logps", shape=f"{N}x{L}x{V} offset={offset}", max_abs_diff=max(diffs.values()), diffs=diffs,
                fwd_ms=t_f * 1e3, bwd_ms=t_b * 1e3, fwd_gbs=nbytes / t_f / 1e9, bwd_gbs=2 * nbytes / t_b / 1e9)
     if peak:
         row.update(fwd_pct_peak=100 * row["fwd_gbs"] / peak, bwd_pct_peak=100 * row["bwd_gbs"] / peak)
+    row["ok"] = row["max_abs_diff"] < 1e-4
+    return row
+
+
+def check_decode_attention(torch, cpu, cuda, B, Hq, Hkv, D, S, threads, peak):
+    i64, f32 = ctypes.c_int64, ctypes.c_float
+    g = torch.Generator().manual_seed(2)
+    t = S - 1
+    q, k, v = (torch.randn(B, h * D, generator=g) for h in (Hq, Hkv, Hkv))
+    cos, sin = torch.randn(S + 8, D, generator=g), torch.randn(S + 8, D, generator=g)
+    pos = torch.randint(0, S + 8, (B,), generator=g)
+    mask = (torch.rand(B, S, generator=g) > 0.2).long()
+    mask[:, t] = 1
+    ck, cv = torch.randn(B, S, Hkv, D, generator=g), torch.randn(B, S, Hkv, D, generator=g)
+    d = {n: x.cuda() for n, x in dict(q=q, k=k, v=v, cos=cos, sin=sin, pos=pos, mask=mask, ck=ck, cv=cv).items()}
+    out, dout = torch.empty(B, Hq * D), torch.empty(B, Hq * D, device="cuda")
+    common = (i64(S + 8),)
+    cpu.cpu_decode_attention(_p(q), _p(k), _p(v), _p(cos), _p(sin), *common, _p(pos), _p(mask), _p(ck), _p(cv), i64(B),
+                             i64(Hq), i64(Hkv), i64(D), i64(S), i64(t), f32(D ** -0.5), _p(out), threads)
+
+    def run():
+        return cuda.cuda_decode_attention(_p(d["q"]), _p(d["k"]), _p(d["v"]), _p(d["cos"]), _p(d["sin"]), *common,
+                                          _p(d["pos"]), _p(d["mask"]), _p(d["ck"]), _p(d["cv"]), i64(B), i64(Hq),
+                                          i64(Hkv), i64(D), i64(S), i64(t), f32(D ** -0.5), _p(dout))
+
+    assert run() == 0 and cuda.cuda_synchronize() == 0
+    diffs = dict(out=float((dout.cpu() - out).abs().max()), cache_k=float((d["ck"].cpu() - ck).abs().max()),
+                 cache_v=float((d["cv"].cpu() - cv).abs().max()))
+    sec = _time_cuda(torch, run)
+    nbytes = 2 * B * S * Hkv * D * 4  # the step reads the whole K and V cache once
+    row = dict(op="decode_attention", shape=f"B{B} Hq{Hq} Hkv{Hkv} D{D} S{S}", max_abs_diff=max(diffs.values()),
+               diffs=diffs, ms=sec * 1e3, gbs=nbytes / sec / 1e9)
+    if peak:
+        row["pct_peak"] = 100 * row["gbs"] / peak
     row["ok"] = row["max_abs_diff"] < 1e-4
     return row
 
@@ -148,7 +185,10 @@ def main(argv=None) -> int:
         return 2
     cpu, cuda = ctypes.CDLL(str(cpu_path)), ctypes.CDLL(str(cuda_path))
     rows = [check_logps(torch, cpu, cuda, 8, 256, 32000, args.threads, args.peak_gbs),
-            check_logps(torch, cpu, cuda, 4, 128, 128256, args.threads, args.peak_gbs)]
+            check_logps(torch, cpu, cuda, 4, 128, 128256, args.threads, args.peak_gbs),
+            check_logps(torch, cpu, cuda, 8, 256, 32000, args.threads, args.peak_gbs, offset=63),
+            check_decode_attention(torch, cpu, cuda, 32, 32, 8, 128, 1024, args.threads, args.peak_gbs),
+            check_decode_attention(torch, cpu, cuda, 8, 14, 2, 64, 4096, args.threads, args.peak_gbs)]
     rows += check_sampling(torch, cpu, cuda, 64, 32000, 512, args.threads)
     print(f"device: {torch.cuda.get_device_name()}")
     for r in rows:

@@ -1,21 +1,23 @@
 // extern "C" entry points over the CPU kernels, for the standalone harness (harness.py loads this with
 // ctypes; no Paddle). float32 only. Build: g++ -O3 -march=native -fopenmp -shared -fPIC -I.. shim_cpu.cc
+#include "kernels/attention_cpu.h"
 #include "kernels/logps_cpu.h"
 #include "kernels/sampling_cpu.h"
 
 extern "C" {
 
 void cpu_logps_forward(const float* logits, const int64_t* labels, int64_t N, int64_t L, int64_t T, int64_t V,
-                       float scale, int with_entropy, float* logps, float* entropy, float* lse, int nthreads) {
+                       float scale, int with_entropy, float* logps, float* entropy, float* lse, int nthreads,
+                       int64_t offset) {
   alignment_ops::logps_forward_cpu<float>(logits, labels, N, L, T, V, scale, with_entropy != 0, logps, entropy, lse,
-                                          nthreads);
+                                          nthreads, offset);
 }
 
 void cpu_logps_backward(const float* logits, const int64_t* labels, const float* lse, const float* entropy,
                         const float* grad_logps, const float* grad_entropy, int64_t N, int64_t L, int64_t T,
-                        int64_t V, float scale, float* grad_logits, int nthreads) {
+                        int64_t V, float scale, float* grad_logits, int nthreads, int64_t offset) {
   alignment_ops::logps_backward_cpu<float>(logits, labels, lse, entropy, grad_logps, grad_entropy, N, L, T, V, scale,
-                                           grad_logits, nthreads);
+                                           grad_logits, nthreads, offset);
 }
 
 void cpu_sample(const float* logits, const int64_t* hist, const int64_t* hist_mask, const bool* finished,
@@ -26,6 +28,14 @@ void cpu_sample(const float* logits, const int64_t* hist, const int64_t* hist_ma
       temperature, top_k, top_p, rep, freq, pres, cur_len, min_len, pad_id, do_sample != 0, seed);
   alignment_ops::sample_tokens_cpu(logits, hist, hist_mask, finished, eos, n_eos, B, V, H, p, out_ids, penalised,
                                    nthreads);
+}
+
+void cpu_decode_attention(const float* q, const float* k, const float* v, const float* cos, const float* sin,
+                          int64_t s_tab, const int64_t* pos, const int64_t* key_mask, float* cache_k, float* cache_v,
+                          int64_t B, int64_t Hq, int64_t Hkv, int64_t D, int64_t Smax, int64_t t, float scale,
+                          float* out, int nthreads) {
+  alignment_ops::decode_attention_cpu(q, k, v, cos, sin, s_tab, pos, key_mask, cache_k, cache_v, B, Hq, Hkv, D, Smax, t,
+                                      scale, out, nthreads);
 }
 
 }  // extern "C"

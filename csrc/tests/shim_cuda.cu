@@ -1,23 +1,24 @@
 // extern "C" entry points over the CUDA kernels, for the standalone harness (harness.py loads this with
 // ctypes and passes device pointers of torch or CuPy arrays; no Paddle). float32 only; default stream.
 // Build: nvcc -O3 -shared -Xcompiler -fPIC -I.. shim_cuda.cu -o libshim_cuda.so
+#include "kernels/attention_cuda.cuh"
 #include "kernels/logps_cuda.cuh"
 #include "kernels/sampling_cuda.cuh"
 
 extern "C" {
 
 int cuda_logps_forward(const float* logits, const int64_t* labels, int64_t N, int64_t L, int64_t T, int64_t V,
-                       float scale, int with_entropy, float* logps, float* entropy, float* lse) {
+                       float scale, int with_entropy, float* logps, float* entropy, float* lse, int64_t offset) {
   alignment_ops::launch_logps_forward<float>(logits, labels, N, L, T, V, scale, with_entropy != 0, logps, entropy,
-                                             lse, 0);
+                                             lse, 0, offset);
   return static_cast<int>(cudaGetLastError());
 }
 
 int cuda_logps_backward(const float* logits, const int64_t* labels, const float* lse, const float* entropy,
                         const float* grad_logps, const float* grad_entropy, int64_t N, int64_t L, int64_t T,
-                        int64_t V, float scale, float* grad_logits) {
+                        int64_t V, float scale, float* grad_logits, int64_t offset) {
   alignment_ops::launch_logps_backward<float>(logits, labels, lse, entropy, grad_logps, grad_entropy, N, L, T, V,
-                                              scale, grad_logits, 0);
+                                              scale, grad_logits, 0, offset);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -28,6 +29,15 @@ int cuda_sample(const float* logits, const int64_t* hist, const int64_t* hist_ma
   const alignment_ops::SamplingParams p = alignment_ops::make_sampling_params(
       temperature, top_k, top_p, rep, freq, pres, cur_len, min_len, pad_id, do_sample != 0, seed);
   alignment_ops::launch_sample_tokens(logits, hist, hist_mask, finished, eos, n_eos, B, V, H, p, work, out_ids, 0);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int cuda_decode_attention(const float* q, const float* k, const float* v, const float* cos, const float* sin,
+                          int64_t s_tab, const int64_t* pos, const int64_t* key_mask, float* cache_k, float* cache_v,
+                          int64_t B, int64_t Hq, int64_t Hkv, int64_t D, int64_t Smax, int64_t t, float scale,
+                          float* out) {
+  alignment_ops::launch_decode_attention(q, k, v, cos, sin, s_tab, pos, key_mask, cache_k, cache_v, B, Hq, Hkv, D, Smax,
+                                         t, scale, out, 0);
   return static_cast<int>(cudaGetLastError());
 }
 

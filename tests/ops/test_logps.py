@@ -170,3 +170,25 @@ def test_failed_build_warns_once_and_uses_the_reference(ops_library, monkeypatch
             assert _build.load_ops() is None
     finally:
         _build.reset_for_tests()
+
+
+def test_offset_scores_a_window_without_slicing(ops_library):
+    """labels[:, t] scored by logits[:, offset + t] (the response window of experience making), grads too."""
+    logits, labels, mask = _batch(4, length=12)
+    offset, width = 3, 6
+    labels, mask = labels[:, :width], mask[:, :width]
+    weights = paddle.randn(labels.shape, dtype="float64")
+    out = []
+    for fn in (lambda x: completion_logps(x, labels, mask, temperature=0.9, offset=offset, use_fusemt=True)[0],
+               lambda x: completion_logps_reference(x[:, offset : offset + width].astype("float64"), labels, mask,
+                                                    temperature=0.9)[0]):
+        x = logits.detach().clone()
+        x.stop_gradient = False
+        lp = fn(x)
+        (grad,) = paddle.grad([(lp.astype("float64") * weights).sum()], [x])
+        out.append((lp.numpy(), grad.numpy()))
+    np.testing.assert_allclose(out[0][0], out[1][0], atol=TOL, rtol=0)
+    np.testing.assert_allclose(out[0][1], out[1][1], atol=TOL, rtol=0)
+    assert np.abs(out[0][1][:, :offset]).max() == 0 and np.abs(out[0][1][:, offset + width :]).max() == 0
+    with pytest.raises(ValueError, match="offset"):
+        completion_logps(logits, labels, offset=12 - width + 1)
