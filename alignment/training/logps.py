@@ -92,9 +92,44 @@ def completion_logps(
     temperature: float = 1.0,
     return_logits: bool = False,
 ) -> CompletionLogps:
-    """Forward ``input_ids`` (N, L) once and score the completion tokens marked by ``labels`` (N, L)."""
+    """Forward ``input_ids`` (N, L) once and score the completion tokens marked by ``labels`` (N, L).
+
+    With ``use_fusemt`` on (and the operator library built) a Llama/Qwen2 causal LM outside tensor
+    parallelism (plain or LoRA-wrapped) runs its decoder here and scores the hidden states with the
+    chunked LM head (``alignment.ops.linear_completion_logps``): the (N, L, V) logits are never held.
+    """
+    if not return_logits:
+        per_token = _chunked_head_logps(model, input_ids, attention_mask, labels[:, 1:], temperature)
+        if per_token is not None:
+            mask = (labels[:, 1:] != IGNORE_INDEX).astype("float32")
+            per_token = per_token * mask
+            return CompletionLogps(token_logps=per_token, mask=mask, logps=per_token.sum(axis=-1),
+                                   lengths=mask.sum(axis=-1))
     return logits_completion_logps(model_logits(model, input_ids, attention_mask), labels,
                                    temperature=temperature, return_logits=return_logits)
+
+
+def _chunked_head_logps(model, input_ids, attention_mask, targets, temperature) -> Optional[paddle.Tensor]:
+    """(N, L-1) log-probs through the chunked LM head, or None where that path does not apply."""
+    from alignment import ops
+    from alignment.ops.linear_logps import causal_lm_parts, linear_completion_logps
+
+    parts = causal_lm_parts(model)
+    if parts is None or not ops.fused_available():
+        return None
+    lm, base = parts
+    cfg, head = lm.config, getattr(lm, "lm_head", None)
+    if (cfg.tensor_parallel_degree or 1) > 1 or getattr(cfg, "sequence_parallel", False) or head is None \
+            or type(head).__name__ not in ("LlamaLMHead", "Qwen2LMHead") or head.weight.dtype != paddle.float32:
+        return None
+    if hasattr(head.weight, "fw_storage") or not head.weight._is_initialized():
+        return None  # a sharding-stage-3 slice: only the head's own forward gathers the full weight
+
+    out = base(input_ids=input_ids, attention_mask=attention_mask,
+               position_ids=position_ids_from_mask(attention_mask), use_cache=False, return_dict=True)
+    hidden = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
+    return linear_completion_logps(hidden, head.weight, targets, transpose_y=bool(getattr(head, "transpose_y", False)),
+                                   temperature=temperature)
 
 
 def logits_completion_logps(

@@ -1,0 +1,132 @@
+"""Chunked LM head + completion log-probs: log p(label) of ``hidden @ W`` without ever holding the full
+(N, L, V) logits (the Liger-Kernel approach, arXiv 2410.10989, "fused linear cross entropy").
+
+    logps = linear_completion_logps(hidden, weight, labels, transpose_y=False, temperature=1.0)
+
+    hidden  (N, L, H) float32   the decoder's final hidden states (after the final norm)
+    weight  (H, V) (transpose_y=False, PaddleNLP's untied LM head) or (V, H) (transpose_y=True, tied)
+    labels  (N, T) int64        T <= L; ``labels[:, t]`` is scored by position t (a causal LM passes
+                                ``input_ids[:, 1:]`` with -100 / negative ids on ignored positions)
+    returns (N, T) float32      0 on ignored positions
+
+Forward: the valid rows (label >= 0) are gathered, then processed ``chunk_rows`` at a time: the chunk's
+logits (chunk, V) come from one matmul and go straight into the fused log-prob operator
+(``fused_logps``); only (N, T) log-probs are kept. Backward (a ``PyLayer``): the chunk's logits are
+recomputed (one more matmul per chunk, the price of not storing them), the fused operator's backward
+gives d logits = (1[label] - softmax) * g / T, and d hidden = d logits @ W^T, d W = hidden^T @ d logits are
+accumulated chunk by chunk. Peak extra memory: two (chunk_rows, V) tensors instead of (N, L, V) logits,
+their (N, L, V) gradient and the softmax of the reference path.
+
+Liger computes the gradients already in the forward because its loss is a scalar; per-token log-probs
+get an arbitrary upstream gradient (DPO weights chosen and rejected differently), so here the backward
+recomputes instead. ``linear_completion_logps_reference`` is the plain ``matmul`` + ``completion_logps``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import paddle
+from paddle.autograd import PyLayer
+
+__all__ = ["linear_completion_logps", "linear_completion_logps_reference", "causal_lm_parts", "DEFAULT_CHUNK_BYTES"]
+
+DEFAULT_CHUNK_BYTES = 32 << 20  # logits of one chunk: 32 MiB (262 rows of a 32000-token vocabulary)
+
+
+_CAUSAL_LMS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+
+
+def causal_lm_parts(model):
+    """(causal LM, its decoder) of a PaddleNLP Llama/Qwen2 causal LM, itself or under a LoRA/PEFT wrapper
+    (``.model``); None for anything else (a DataParallel or sharding wrapper, another architecture), so that
+    callers which run the decoder and the LM head themselves never bypass a wrapper's own forward."""
+    for _ in range(3):
+        if model is None:
+            return None
+        name = type(model).__name__
+        if name in _CAUSAL_LMS:
+            return model, getattr(model, _CAUSAL_LMS[name])
+        model = getattr(model, "model", None)
+    return None
+
+
+def _logits(h: paddle.Tensor, weight: paddle.Tensor, transpose_y: bool) -> paddle.Tensor:
+    return paddle.matmul(h, weight, transpose_y=transpose_y)
+
+
+def _chunk_logps(lib, logits, labels, scale, threads):
+    (logps, _, _) = lib.call("fused_logps", logits.unsqueeze(0), labels.unsqueeze(0), scale, False, threads, 0)
+    return logps.squeeze(0)
+
+
+class _LinearLogps(PyLayer):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, transpose_y, scale, chunk, lib, threads):
+        with paddle.no_grad():
+            parts = [
+                _chunk_logps(lib, _logits(hidden[s : s + chunk], weight, transpose_y), labels[s : s + chunk], scale,
+                             threads)
+                for s in range(0, hidden.shape[0], chunk)
+            ]
+        ctx.save_for_backward(hidden, weight, labels)
+        ctx.meta = (transpose_y, scale, chunk, lib, threads)
+        return paddle.concat(parts) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def backward(ctx, grad_logps):
+        hidden, weight, labels = ctx.saved_tensor()
+        transpose_y, scale, chunk, lib, threads = ctx.meta
+        need_h, need_w = not hidden.stop_gradient, not weight.stop_gradient
+        grad_h = paddle.zeros_like(hidden) if need_h else None
+        grad_w = paddle.zeros_like(weight) if need_w else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s : s + chunk]
+            with paddle.no_grad():
+                z = _logits(h, weight, transpose_y)
+            z.stop_gradient = False
+            with paddle.enable_grad():
+                lp = _chunk_logps(lib, z, labels[s : s + chunk], scale, threads)
+                (dz,) = paddle.grad([lp], [z], grad_outputs=[grad_logps[s : s + chunk]])
+            with paddle.no_grad():
+                if need_h:  # d hidden = dz @ W^T  (W: (H, V)) or dz @ W  (W: (V, H))
+                    grad_h[s : s + chunk] = paddle.matmul(dz, weight, transpose_y=not transpose_y)
+                if need_w:  # d W = h^T @ dz  (H, V)  or dz^T @ h  (V, H)
+                    grad_w += paddle.matmul(dz, h, transpose_x=True) if transpose_y else paddle.matmul(
+                        h, dz, transpose_x=True)
+        return grad_h, grad_w
+
+
+def linear_completion_logps_reference(hidden, weight, labels, *, transpose_y: bool = False,
+                                      temperature: float = 1.0) -> paddle.Tensor:
+    """Full logits (N, L, V), then ``completion_logps_reference``: the path the chunked one replaces."""
+    from .logps import completion_logps_reference
+
+    return completion_logps_reference(_logits(hidden, weight, transpose_y), labels, temperature=temperature)[0]
+
+
+def linear_completion_logps(hidden, weight, labels, *, transpose_y: bool = False, temperature: float = 1.0,
+                            chunk_rows: Optional[int] = None, use_fusemt: Optional[bool] = None) -> paddle.Tensor:
+    """Per-token log-probs of ``labels`` under ``hidden @ weight``; see the module docstring."""
+    from . import num_threads
+    from .logps import _library
+
+    if hidden.ndim != 3 or labels.ndim != 2 or labels.shape[0] != hidden.shape[0] or labels.shape[1] > hidden.shape[1]:
+        raise ValueError(f"linear_completion_logps: hidden (N, L, H) and labels (N, T <= L), got {hidden.shape} and "
+                         f"{labels.shape}")
+    lib = _library(hidden, use_fusemt) if hidden.dtype == paddle.float32 and weight.dtype == paddle.float32 else None
+    if lib is None:
+        return linear_completion_logps_reference(hidden, weight, labels, transpose_y=transpose_y,
+                                                 temperature=temperature)
+    n, t = labels.shape
+    vocab = weight.shape[0] if transpose_y else weight.shape[1]
+    flat_labels = labels.astype("int64").reshape([-1])
+    valid = paddle.nonzero((flat_labels >= 0) & (flat_labels < vocab)).squeeze(-1)  # only scored rows
+    out = paddle.zeros([n * t], dtype="float32")
+    if valid.shape[0] == 0:
+        return out.reshape([n, t]) + 0.0 * hidden.sum()  # keep the graph (zero gradient)
+    rows = paddle.index_select(hidden[:, :t].reshape([n * t, hidden.shape[-1]]), valid)
+    chunk = chunk_rows or max(1, DEFAULT_CHUNK_BYTES // (4 * vocab))
+    logps = _LinearLogps.apply(rows, weight, paddle.index_select(flat_labels, valid), bool(transpose_y),
+                               1.0 / float(temperature), int(chunk), lib, num_threads())
+    return paddle.scatter(out, valid, logps).reshape([n, t])
