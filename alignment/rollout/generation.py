@@ -8,14 +8,21 @@ Our own loop (not ``model.generate``) so that every convention the RL maths reli
 * the model always gets an explicit 2-D ``attention_mask`` (PaddleNLP on CPU fails without one) and
   explicit ``position_ids`` (0 on left pads, 0.. on real tokens, +1 per decoded token), so a left-padded
   row computes exactly what the unpadded prompt would;
-* one prefill pass fills the cache (``use_cache=True``), then one token per step is fed with
-  ``past_key_values``;
+* one prefill pass fills the cache (``use_cache=True``), then one token per step (``decoding``: the
+  model's forward with ``past_key_values``, or, for Llama/Qwen2 with ``use_fusemt`` on, the lean fused
+  step over a preallocated KV cache with the ``decode_attention`` operator -- same tokens);
+* the token ids and the attention mask live in preallocated (N, P + max_new) buffers written one column
+  per step (no concatenation; the sampler sees the full width, the columns not generated yet are pads
+  with mask 0), so the per-step Python work does not grow with the batch or the length;
 * the next token comes from ONE replaceable function, ``sampling.get_sampler(config.sampler)``; under
   tensor parallelism the last position's vocabulary-parallel logits are gathered (B, V) for it, and the
   sampled ids of tensor-parallel rank 0 are broadcast so all ranks of a model continue the same sequence;
 * a row stops at its first EOS (any id of ``eos_token_ids``); the EOS is kept and everything after it
   is ``pad_token_id`` with attention 0; the loop ends when every row has stopped or after
-  ``max_new_tokens`` (capped by ``max_length`` total tokens). ``min_new_tokens`` forbids EOS before it.
+  ``max_new_tokens`` (capped by ``max_length`` total tokens); the stop decision goes through
+  ``ParallelStrategy.all_done`` so that all ranks stop together. ``min_new_tokens`` forbids EOS before it;
+  ``repetition_penalty``, ``frequency_penalty`` and ``presence_penalty`` follow PaddleNLP's
+  get_token_penalty_multi_scores (the last two are passed to the sampler only when non-zero).
 
 Output layout: ``sequences = [left pads | prompt | response | right pads]`` of width ``P + R`` where
 ``P`` is the padded prompt width and ``R`` the number of decode steps run.
@@ -31,6 +38,7 @@ import paddle
 
 from alignment.parallel import ParallelStrategy
 
+from .decoding import make_decoder
 from .sampling import get_sampler
 
 __all__ = ["GenerationConfig", "RolloutBatch", "generate", "make_position_ids", "eval_mode"]
@@ -49,6 +57,8 @@ class GenerationConfig:
     top_p: float = field(default=1.0, metadata={"help": "nucleus mass in (0, 1]; 1 = off"})
     top_k: int = field(default=0, metadata={"help": "keep the k best tokens; 0 = off"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL repetition penalty; 1 = off"})
+    frequency_penalty: float = field(default=0.0, metadata={"help": "logit -= count * this for tokens seen; 0 = off"})
+    presence_penalty: float = field(default=0.0, metadata={"help": "logit -= this for tokens seen; 0 = off"})
     do_sample: bool = field(default=True, metadata={"help": "sample (True) or greedy (False)"})
     num_return_sequences: int = field(default=1, metadata={"help": "samples per prompt (group size)"})
     sampler: str = field(default="default", metadata={"help": "registered name of the per-step sampler"})
@@ -79,6 +89,9 @@ class GenerationConfig:
             raise ValueError(f"GenerationConfig.top_k must be >= 0, got {self.top_k}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"GenerationConfig.repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"GenerationConfig.{name} must be in [-2, 2], got {getattr(self, name)}")
         if self.num_return_sequences < 1:
             raise ValueError(f"GenerationConfig.num_return_sequences must be >= 1, got {self.num_return_sequences}")
         get_sampler(self.sampler)  # unknown names list the valid ones
@@ -128,19 +141,6 @@ def eval_mode(*models) -> Iterator[None]:
                 m.train()
 
 
-def _forward(model, input_ids, attention_mask, position_ids, past_key_values):
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        past_key_values=past_key_values,
-        use_cache=True,
-        return_dict=True,
-    )
-    # under tensor parallelism the logits are vocabulary-parallel: gather the last position only (B, V)
-    return ParallelStrategy.current().gather_vocab(out.logits[:, -1, :]), out.past_key_values
-
-
 def generate(
     model: paddle.nn.Layer,
     input_ids: paddle.Tensor,
@@ -180,52 +180,64 @@ def generate(
                 f"generate: prompt width {prompt_len} leaves no room under max_length={config.max_length}"
             )
     sample = get_sampler(config.sampler)
+    penalties = {}  # passed only when set, so samplers written for the older signature keep working
+    if config.frequency_penalty:
+        penalties["frequency_penalty"] = config.frequency_penalty
+    if config.presence_penalty:
+        penalties["presence_penalty"] = config.presence_penalty
     strategy = ParallelStrategy.current()
-    rows = batch * n
+    rows, width = batch * n, prompt_len + max_new
     eos_ids = paddle.to_tensor(list(config.eos_token_ids), dtype="int64")
     pad = paddle.full([rows], config.pad_token_id, dtype="int64")
+    banned = None  # (1, V) EOS mask, built on the first step that needs it
 
-    tokens: List[paddle.Tensor] = []  # each (N,)
-    alive_masks: List[paddle.Tensor] = []  # each (N,) int64: 1 if the token at this step is real
-    history = input_ids
-    history_mask = attention_mask
+    # preallocated [prompt | response] buffers, written one column per step (never concatenated)
+    seq_buf = paddle.full([rows, width], config.pad_token_id, dtype="int64")
+    mask_buf = paddle.zeros([rows, width], dtype="int64")
+    seq_buf[:, :prompt_len] = input_ids
+    mask_buf[:, :prompt_len] = attention_mask
     finished = paddle.zeros([rows], dtype="bool")
-    next_pos = position_ids[:, -1:] + 1
+    next_pos = position_ids[:, -1] + 1
+    steps = 0
     with eval_mode(model):
-        logits, cache = _forward(model, input_ids, attention_mask, position_ids, None)
-        for step in range(max_new):
-            if step < config.min_new_tokens:
-                logits = _forbid(logits, eos_ids)
-            ids = sample(
-                logits,
-                history,
-                generated_mask=history_mask,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                top_k=config.top_k,
-                repetition_penalty=config.repetition_penalty,
-                do_sample=config.do_sample,
-            )
-            ids = strategy.tensor_parallel_broadcast(ids)  # tensor-parallel ranks keep one sample
-            alive = paddle.logical_not(finished)
-            ids = paddle.where(alive, ids, pad)
-            alive_i = alive.astype("int64")
-            tokens.append(ids)
-            alive_masks.append(alive_i)
-            finished = paddle.logical_or(finished, paddle.isin(ids, eos_ids))
-            history = paddle.concat([history, ids.unsqueeze(-1)], axis=-1)
-            history_mask = paddle.concat([history_mask, alive_i.unsqueeze(-1)], axis=-1)
-            if strategy.all_done(bool(finished.all())) or step == max_new - 1:
-                break
-            logits, cache = _forward(model, ids.unsqueeze(-1), history_mask, next_pos, cache)
-            next_pos = next_pos + 1
-    del cache
-    response = paddle.stack(tokens, axis=1)
-    response_mask = paddle.stack(alive_masks, axis=1)
-    full_mask = paddle.concat([attention_mask, response_mask], axis=-1)
+        decoder = make_decoder(model, width)
+        try:
+            logits = decoder.prefill(input_ids, attention_mask, position_ids)
+            for step in range(max_new):
+                column = prompt_len + step
+                if step < config.min_new_tokens:
+                    banned = _eos_mask(logits.shape[-1], eos_ids) if banned is None else banned
+                    logits = paddle.where(banned, paddle.full_like(logits, float("-inf")), logits)
+                ids = sample(
+                    logits,
+                    seq_buf,  # full width: the columns not yet generated are pads with mask 0
+                    generated_mask=mask_buf,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    top_k=config.top_k,
+                    repetition_penalty=config.repetition_penalty,
+                    do_sample=config.do_sample,
+                    **penalties,
+                )
+                ids = strategy.tensor_parallel_broadcast(ids)  # tensor-parallel ranks keep one sample
+                alive = paddle.logical_not(finished)
+                ids = paddle.where(alive, ids, pad)
+                seq_buf[:, column] = ids
+                mask_buf[:, column] = alive.astype("int64")
+                finished = paddle.logical_or(finished, paddle.isin(ids, eos_ids))
+                steps = step + 1
+                # every rank must agree to stop (sharding stage 3 gathers parameters in each forward)
+                if strategy.all_done(bool(finished.all())) or step == max_new - 1:
+                    break
+                logits = decoder.step(ids, mask_buf, next_pos, column)
+                next_pos = next_pos + 1
+        finally:
+            decoder.close()
+    full_mask = mask_buf[:, : prompt_len + steps].contiguous()
+    response_mask = full_mask[:, prompt_len:].contiguous()
     group_ids = paddle.repeat_interleave(paddle.arange(batch, dtype="int64") + group_offset, n, axis=0)
     return RolloutBatch(
-        sequences=paddle.concat([input_ids, response], axis=-1),
+        sequences=seq_buf[:, : prompt_len + steps].contiguous(),
         attention_mask=full_mask,
         position_ids=make_position_ids(full_mask),
         response_mask=response_mask,
@@ -237,9 +249,7 @@ def generate(
     )
 
 
-def _forbid(logits: paddle.Tensor, ids: paddle.Tensor) -> paddle.Tensor:
-    """Set the logits of ``ids`` to -inf in every row (used for min_new_tokens)."""
-    vocab = logits.shape[-1]
-    banned = paddle.zeros([vocab], dtype="bool")
-    banned = paddle.scatter(banned.astype("int64"), ids, paddle.ones_like(ids)).astype("bool")
-    return paddle.where(banned.unsqueeze(0), paddle.full_like(logits, float("-inf")), logits)
+def _eos_mask(vocab: int, eos_ids: paddle.Tensor) -> paddle.Tensor:
+    """(1, V) bool: True on the EOS ids (their logits are set to -inf before ``min_new_tokens``)."""
+    banned = paddle.scatter(paddle.zeros([vocab], dtype="int64"), eos_ids, paddle.ones_like(eos_ids))
+    return banned.astype("bool").unsqueeze(0)

@@ -8,8 +8,12 @@ function with one signature, ``SampleFn``::
                             top_k=..., repetition_penalty=..., do_sample=...)
 
     logits          (B, V) float   next-token logits of the last position (not yet divided by T)
-    generated       (B, t) int64   every token of each row so far (prompt + response; pads included)
-    generated_mask  (B, t) int64   1 on real tokens, 0 on pads (pads are never penalised); None = all 1
+    generated       (B, W) int64   the row's token buffer: prompt + response so far, then pads (the decode
+                                   loop passes its preallocated full-width buffer)
+    generated_mask  (B, W) int64   1 on real tokens, 0 on pads and not-yet-generated columns (never
+                                   penalised); None = all 1
+    frequency_penalty, presence_penalty (keywords, only passed when non-zero): logit -= count * f + p
+                                   for every token seen (after the repetition penalty)
     returns         (B,)   int64   the chosen token ids
 
 The generation loop looks the function up by name (``GenerationConfig.sampler``), so the fused
@@ -60,6 +64,8 @@ class SampleFn(Protocol):
         top_k: int = 0,
         repetition_penalty: float = 1.0,
         do_sample: bool = True,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
     ) -> paddle.Tensor: ...
 
 
@@ -138,10 +144,18 @@ def sample_next_token(
     top_k: int = 0,
     repetition_penalty: float = 1.0,
     do_sample: bool = True,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
 ) -> paddle.Tensor:
     """Pure-Paddle next-token choice; see the module docstring for the signature and conventions."""
     logits = logits.astype("float32")
-    logits = apply_repetition_penalty(logits, generated, repetition_penalty, generated_mask)
+    if frequency_penalty or presence_penalty:
+        from alignment.ops import apply_penalties
+
+        logits = apply_penalties(logits, generated, generated_mask, repetition_penalty=repetition_penalty,
+                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
+    else:
+        logits = apply_repetition_penalty(logits, generated, repetition_penalty, generated_mask)
     if not do_sample:
         return paddle.argmax(logits, axis=-1).astype("int64")
     if temperature <= 0:
@@ -164,12 +178,16 @@ def fused_sample_next_token(
     top_k: int = 0,
     repetition_penalty: float = 1.0,
     do_sample: bool = True,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
 ) -> paddle.Tensor:
     """``sample_next_token`` through the fused operator (``alignment.ops.sample_tokens``), same semantics."""
     from alignment.ops import fused_available, sample_tokens
 
     if not fused_available():
         return sample_next_token(logits, generated, generated_mask=generated_mask, temperature=temperature,
-                                 top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, do_sample=do_sample)
+                                 top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, do_sample=do_sample,
+                                 frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
     return sample_tokens(logits, generated, generated_mask, temperature=temperature, top_k=top_k, top_p=top_p,
-                         repetition_penalty=repetition_penalty, do_sample=do_sample)
+                         repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                         presence_penalty=presence_penalty, do_sample=do_sample)
