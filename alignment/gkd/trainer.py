@@ -22,7 +22,7 @@ from alignment.algorithms import registry
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
 from alignment.gkd.config import GKDArguments
 from alignment.models.loading import freeze
-from alignment.training.logps import model_logits, position_ids_from_mask, token_logps
+from alignment.training.logps import model_logits, position_ids_from_mask, resident, token_logps
 from alignment.parallel import ParallelStrategy
 from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
@@ -147,7 +147,7 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
                     lambda logits, rows: logits, b["input_ids"], b["attention_mask"], b["position_ids"],
                     micro_batch_size=int(b["input_ids"].shape[0]), broadcast=False)
             else:
-                with paddle.no_grad():
+                with paddle.no_grad(), resident(self.teacher_model):
                     b["teacher_logits"] = model_logits(self.teacher_model, b["input_ids"], b["attention_mask"])
             micro.append(b)
         return pipeline_inputs(micro, first=("input_ids", "attention_mask", "position_ids"),
@@ -189,7 +189,7 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
     def compute_loss(self, model, inputs, return_outputs: bool = False):
         ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         student_logits = model_logits(model, ids, attention_mask)
-        with paddle.no_grad():
+        with paddle.no_grad(), resident(self.teacher_model):
             teacher_logits = model_logits(self.teacher_model, ids, attention_mask)
         loss, metrics = self._distill_loss(student_logits, teacher_logits, labels)
         mask = (labels[:, 1:] != IGNORE_INDEX).astype("float32")

@@ -2,9 +2,10 @@
 (``alignment.tools.plan_memory``) predicts with.
 
 Measured (``model_bytes``): parameters, gradients and optimizer states are counted tensor by tensor.
-Peaks (``PhaseMonitor``): paddle's allocator statistics on CUDA (max allocated, reset per phase); on a CPU build
-the resident set size high-water mark of the process (``/proc/self/status`` VmHWM, reset per phase through
-``/proc/self/clear_refs``), which includes the interpreter and libraries, next to the tensor accounting.
+Peaks (``PhaseMonitor``): paddle's allocator statistics, reset per phase: the CUDA allocator's max allocated on
+a GPU, the host allocator's peak on a CPU build (every tensor Paddle allocates); next to them the process's
+resident-set high-water mark (``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``), which
+also counts the interpreter and libraries.
 
 Formulas (``LayerShape`` + the ``*_bytes`` functions), per rank, for a Llama / Qwen2-style decoder:
 
@@ -18,7 +19,9 @@ Formulas (``LayerShape`` + the ``*_bytes`` functions), per rank, for a Llama / Q
   2-byte activations and scaled by the activation width): s*b*h*(34 + 5*a*s/h) bytes / tp, or 2*s*b*h*bytes
   with full recompute; under 1F1B the first stage keeps up to ``pp`` micro-batches in flight;
 * logits: rows x length x V / tp in fp32, twice in training (the logits and their gradient);
-* KV cache: 2 x layers x rows x length x kv heads x head_dim / tp x the cache width.
+* KV cache: 2 x layers x rows x length x kv heads x head_dim / tp x the cache width, twice (a cache that grows by
+  concatenation holds the old and the new one at each step);
+* buffers: every decoder layer's rotary cos / sin cache, 2 x max positions x head_dim x 4 bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import paddle
 
 from .offload import optimizer_state_tensors, parameter_tensors, tensor_bytes
 
-__all__ = ["model_bytes", "PhaseMonitor", "LayerShape", "parameter_count", "DTYPE_BYTES"]
+__all__ = ["model_bytes", "PhaseMonitor", "LayerShape", "parameter_count", "buffer_bytes", "DTYPE_BYTES"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -65,8 +68,9 @@ class PhaseMonitor:
 
     def __init__(self):
         self.cuda = paddle.is_compiled_with_cuda() and paddle.device.get_device().startswith("gpu")
-        self.source = "allocator" if self.cuda else "rss"
+        self.source = "cuda allocator" if self.cuda else "host allocator"
         self.peaks: Dict[str, int] = {}
+        self.rss_peaks: Dict[str, int] = {}
         self.current: Optional[str] = None
 
     def begin(self, name: str) -> None:
@@ -77,12 +81,17 @@ class PhaseMonitor:
     def end(self) -> None:
         if self.current is not None:
             self.peaks[self.current] = max(self.peaks.get(self.current, 0), self._peak())
+            rss = int(_proc_status("VmHWM") or 0)
+            self.rss_peaks[self.current] = max(self.rss_peaks.get(self.current, 0), rss)
             self.current = None
 
     def _reset(self) -> None:
         if self.cuda:
             paddle.device.cuda.reset_max_memory_allocated()
-            return
+        else:
+            from paddle.base import core
+
+            core.host_memory_stat_reset_peak_value("Allocated", 0)
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS
@@ -92,7 +101,9 @@ class PhaseMonitor:
     def _peak(self) -> int:
         if self.cuda:
             return int(paddle.device.cuda.max_memory_allocated())
-        return int(_proc_status("VmHWM") or _proc_status("VmRSS") or 0)
+        from paddle.base import core
+
+        return int(core.host_memory_stat_peak_value("Allocated", 0))
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -103,9 +114,11 @@ class PhaseMonitor:
             self.end()
 
     def take(self) -> Dict[str, int]:
-        """The peaks since the last ``take`` (per step); ends the current phase."""
+        """The allocator peaks since the last ``take`` (per step); ends the current phase. ``last_rss``: the
+        process's resident-set peaks of the same phases (interpreter and libraries included)."""
         self.end()
         out, self.peaks = self.peaks, {}
+        self.last_rss, self.rss_peaks = self.rss_peaks, {}
         return out
 
 
@@ -121,6 +134,7 @@ class LayerShape:
     num_attention_heads: int
     num_key_value_heads: int
     tie_word_embeddings: bool = False
+    max_position_embeddings: int = 0  # each layer's rotary cos / sin cache (fp32 buffers)
 
     @classmethod
     def from_config(cls, config) -> "LayerShape":
@@ -132,6 +146,7 @@ class LayerShape:
             intermediate_size=int(get("intermediate_size")), num_hidden_layers=int(get("num_hidden_layers")),
             num_attention_heads=heads, num_key_value_heads=int(get("num_key_value_heads") or heads),
             tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+            max_position_embeddings=int(get("max_position_embeddings", 0) or 0),
         )
 
     @property
@@ -161,3 +176,10 @@ class LayerShape:
 def parameter_count(shape: LayerShape, *, tp: int = 1, pp: int = 1, score_dim: Optional[int] = None) -> int:
     """The largest per-rank parameter count over the pipeline stages."""
     return max(shape.stage_parameters(tp, pp, s, score_dim) for s in range(pp))
+
+
+def buffer_bytes(shape: LayerShape, *, pp: int = 1) -> int:
+    """Non-parameter tensors of one stage: PaddleNLP keeps a rotary cos and sin cache (max positions x head_dim,
+    fp32) in every decoder layer."""
+    layers = -(-shape.num_hidden_layers // pp)
+    return layers * 2 * shape.max_position_embeddings * shape.head_dim * 4

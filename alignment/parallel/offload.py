@@ -183,8 +183,8 @@ class OffloadScheduler:
 
     # ------------------------------------------------------------------ frozen models of the Trainer stages
     def attach_frozen(self, model, role: str = "reference") -> None:
-        """Offload a frozen model of a Trainer stage (DPO / KTO reference, GKD teacher) between its forward
-        passes: resident during each forward, in host memory otherwise (``freeze_model`` only)."""
+        """Offload a frozen model of a Trainer stage (DPO / KTO reference, GKD teacher) between its uses:
+        ``model.residency("device")`` before a use and ``("host")`` after it (``freeze_model`` only)."""
         if "freeze_model" not in self.levels or model is None:
             return
         managed = _Managed(role, "parameters", lambda m=model: parameter_tensors(m))
@@ -198,11 +198,9 @@ class OffloadScheduler:
             managed.where = where
             counts[where] += 1
 
-        if hasattr(model, "map_micro_batches"):  # a FrozenPipeline runs its stages through fleet, not __call__
-            model.residency = place
-        else:
-            model.register_forward_pre_hook(lambda layer, inputs: place("device"))
-            model.register_forward_post_hook(lambda layer, inputs, outputs: place("host"))
+        # the callers bracket each use with it (alignment.training.logps.resident; a FrozenPipeline itself):
+        # forward hooks would miss a caller that runs the backbone and the LM head's weight separately
+        model.residency = place
         model._offload_transitions = counts  # how often it came to the device / went to the host
         place("host")
 

@@ -7,8 +7,8 @@
 ``enter`` moves what ``offload_level`` manages (``alignment.parallel.offload.OffloadScheduler``) and starts
 the phase's peak measurement (``alignment.parallel.memory.PhaseMonitor``). ``finish_step`` writes one line of
 ``output_dir/memory.jsonl`` per step with every rank's view: per model and kind (parameters, gradients,
-optimizer states) the bytes and where they were in each phase, the peak of each phase (CUDA allocator, or the
-process RSS on CPU), and the planner's estimates of the transient tensors (KV cache, logits, activations).
+optimizer states) the bytes and where they were in each phase, the peak of each phase (Paddle's CUDA or host
+allocator; the process RSS next to it), and the planner's prediction of each phase for the step's actual shapes.
 It logs ``memory_peak_<phase>_mib_max`` (the largest rank's peak) with the step's metrics.
 """
 
@@ -46,7 +46,22 @@ class PhaseTracker:
         for role, model in roles.items():
             if model is not None:
                 scheduler.register(role, model, optimizers.get(role))
-        return cls(scheduler, roles, optimizers, strategy, args.output_dir)
+        tracker = cls(scheduler, roles, optimizers, strategy, args.output_dir)
+        tracker.plan_settings = _plan_settings(args, models, strategy)
+        return tracker
+
+    def planned(self, rows: int, prompt_length: int, response_length: int) -> Dict[str, int]:
+        """The planner's device bytes per phase for this step's actual shapes (``alignment.tools.plan_memory``)."""
+        settings = getattr(self, "plan_settings", None)
+        if settings is None:
+            return {}
+        from alignment.tools.plan_memory import PlanSpec, plan
+
+        n = settings.pop("num_return_sequences", 1)
+        spec = PlanSpec(**settings, num_return_sequences=n, per_device_prompt_batch_size=max(1, rows // n),
+                        max_prompt_len=prompt_length, max_new_tokens=response_length)
+        settings["num_return_sequences"] = n
+        return {phase: sum(v for k, v in parts.items() if not k.startswith("host")) for phase, parts in plan(spec).items()}
 
     def enter(self, phase: str) -> None:
         self.scheduler.enter(phase)
@@ -61,12 +76,16 @@ class PhaseTracker:
             out[role] = {k: managed.get(role, {}).get(k, {}).get("where", "device") for k in kinds}
         return out
 
-    def finish_step(self, step: int) -> Dict[str, float]:
+    def finish_step(self, step: int, shapes: Optional[Dict[str, int]] = None) -> Dict[str, float]:
+        """``shapes``: the step's rollout (rows, prompt_length, response_length), for the planner's estimate."""
         peaks = self.monitor.take()
         mine = {
             "rank": self.strategy.rank,
+            "shapes": shapes or {},
+            "planned_bytes": self.planned(**shapes) if shapes else {},
             "peak_bytes": peaks,
             "peak_source": self.monitor.source,
+            "rss_peak_bytes": getattr(self.monitor, "last_rss", {}),
             "models": {role: model_bytes(m, self.optimizers.get(role)) for role, m in self.models.items()},
             "placement": {r["phase"]: self._placement(r["placement"]) for r in self.scheduler.timeline
                           if r["step"] == self.scheduler.step},
@@ -88,3 +107,22 @@ class PhaseTracker:
                 key = f"memory_peak_{phase}_mib_max"
                 out[key] = max(out.get(key, 0.0), nbytes / MIB)
         return out
+
+
+def _plan_settings(args, models, strategy: ParallelStrategy) -> Optional[Dict[str, Any]]:
+    """The run's planner settings but the per-step shapes (None when the actor's config has no decoder sizes)."""
+    from alignment.parallel.memory import LayerShape
+
+    try:
+        shape = LayerShape.from_config(strategy.unwrap(models.actor).config)
+    except (TypeError, AttributeError, ValueError):
+        return None
+    return dict(
+        shape=shape, stage="ppo" if models.critic is not None else "grpo", use_critic=models.critic is not None,
+        tensor_parallel_degree=strategy.tensor_parallel_degree, pipeline_parallel_degree=strategy.pipeline_parallel_degree,
+        sharding_parallel_degree=strategy.sharding_parallel_degree, sharding=strategy.sharding or "",
+        offload_level=args.offload_level, per_device_train_batch_size=args.per_device_train_batch_size,
+        experience_batch_size=args.experience_batch_size, recompute=bool(args.recompute),
+        eval_mode=args.eval_mode or "tensor_parallel", num_return_sequences=args.num_return_sequences,
+        per_device_rollout_batch_size=max(0, args.per_device_rollout_batch_size),
+    )

@@ -242,7 +242,8 @@ class PPOTrainer:
             return {**metrics, "nonfinite_skipped": float(self.guard.skipped)}
         self.guard.watch(self.global_step + 1, kl=kl)
         metrics.update(self.updater.update(exp, self.ptx))  # enters update_actor, then update_critic
-        metrics.update(self.phases.finish_step(self.global_step + 1))
+        metrics.update(self.phases.finish_step(self.global_step + 1, shapes={
+            "rows": len(exp), "prompt_length": exp.prompt_length, "response_length": exp.response_length}))
         self._copies_stale = True
         metrics.update(self._reshard_stats)
         t4 = time.perf_counter()

@@ -34,17 +34,17 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
-from alignment.parallel.memory import DTYPE_BYTES, LayerShape, parameter_count
+from alignment.parallel.memory import DTYPE_BYTES, LayerShape, buffer_bytes, parameter_count
 from alignment.parallel.offload import RESIDENT, UPDATES, parse_offload_level
 
 __all__ = ["PlanSpec", "plan", "propose", "format_plan", "main", "PRESETS"]
 
 GIB = 1024 ** 3
 PRESETS = {
-    "tiny": LayerShape(512, 64, 172, 2, 4, 2),
-    "llama-7b": LayerShape(32000, 4096, 11008, 32, 32, 32),
-    "llama-13b": LayerShape(32000, 5120, 13824, 40, 40, 40),
-    "qwen2-7b": LayerShape(152064, 3584, 18944, 28, 28, 4),
+    "tiny": LayerShape(512, 64, 172, 2, 4, 2, max_position_embeddings=1024),
+    "llama-7b": LayerShape(32000, 4096, 11008, 32, 32, 32, max_position_embeddings=4096),
+    "llama-13b": LayerShape(32000, 5120, 13824, 40, 40, 40, max_position_embeddings=4096),
+    "qwen2-7b": LayerShape(152064, 3584, 18944, 28, 28, 4, max_position_embeddings=32768),
 }
 STAGES = ("ppo", "grpo", "sft", "rm", "dpo", "kto", "gkd")
 
@@ -96,7 +96,8 @@ def _model_static(spec: PlanSpec, score: bool, trained: bool) -> Dict[str, int]:
     n = parameter_count(spec.shape, tp=spec.tensor_parallel_degree, pp=spec.pipeline_parallel_degree,
                         score_dim=1 if score else None)
     w, sd, level = DTYPE_BYTES[spec.dtype], max(1, spec.sharding_parallel_degree), _stage_level(spec)
-    out = {"parameters": n * w // (sd if level >= 3 else 1)}
+    out = {"parameters": n * w // (sd if level >= 3 else 1),
+           "buffers": buffer_bytes(spec.shape, pp=spec.pipeline_parallel_degree)}
     if trained:
         out["gradients"] = n * w // (sd if level >= 2 else 1)
         master = 4 if w < 4 else 0
@@ -146,7 +147,9 @@ def _plan_rl(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
         for role, parts in models.items():
             frozen = role in ("reference", "reward_model")
             for kind, nbytes in parts.items():
-                if kind == "gradients":
+                if kind == "buffers":
+                    needed = True  # small, never offloaded
+                elif kind == "gradients":
                     needed = UPDATES.get(phase) == role  # freed after each optimizer step
                     if not needed:
                         continue
@@ -167,11 +170,14 @@ def _plan_rl(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
                 device["critic.generation_copy"] = _model_static(copy, True, False)["parameters"]
         w = DTYPE_BYTES[spec.dtype]
         if phase == "generation":
-            device["kv_cache"] = 2 * sh.num_hidden_layers * chunk * length * kv_width * w
+            device["kv_cache"] = 2 * 2 * sh.num_hidden_layers * chunk * length * kv_width * w  # old + new at a step
             device["logits"] = _logits(spec, chunk, spec.max_prompt_len, 1)  # the prefill's
         elif phase == "experience":
             device["logits"] = _logits(spec, exp_mb, length, 2)
             device["rollout"] = rows * length * 8 * 4  # ids, masks, position ids, per-token results
+            # one layer's transient tensors of a no-grad forward (the MLP's intermediate, the residual stream)
+            device["forward_workspace"] = exp_mb * length * (2 * sh.intermediate_size + 2 * sh.hidden_size) * w \
+                // spec.tensor_parallel_degree
         else:
             device["activations"] = _activations(spec, mb, length)
             if phase == "update_actor":
@@ -187,11 +193,12 @@ def _plan_offline(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
     rows = spec.per_device_train_batch_size * (2 if spec.stage in ("rm", "dpo", "kto") else 1)
     host = 0
     if spec.stage in ("dpo", "kto", "gkd"):  # the frozen reference / teacher
-        ref = _model_static(spec, False, False)["parameters"]
+        ref = _model_static(spec, False, False)
+        device["reference.buffers"] = ref["buffers"]
         if "freeze_model" in spec.offload_level:
-            host += ref  # resident only during its forward, which precedes the policy's activations
+            host += ref["parameters"]  # resident only during its forward, which precedes the policy's activations
         else:
-            device["reference.parameters"] = ref
+            device["reference.parameters"] = ref["parameters"]
     device["activations"] = _activations(spec, rows, spec.max_length)
     if not score:
         device["logits"] = _logits(spec, rows, spec.max_length, 2 if spec.stage != "gkd" else 3)

@@ -37,6 +37,7 @@ __all__ = [
     "reference_logps",
     "reference_pair_logps",
     "reference_context",
+    "resident",
 ]
 
 
@@ -203,8 +204,28 @@ def policy_pair_logps(
 
 
 @contextlib.contextmanager
+def resident(model) -> Iterator[None]:
+    """A frozen model offloaded by ``offload_level freeze_model`` is on the device inside this scope only."""
+    place = getattr(model, "residency", None)
+    if place is not None:
+        place("device")
+    try:
+        yield
+    finally:
+        if place is not None:
+            place("host")
+
+
+@contextlib.contextmanager
 def reference_context(model) -> Iterator[None]:
-    """No-grad, eval-mode scope; for a LoRA policy used as its own reference, adapters are switched off."""
+    """No-grad, eval-mode scope (the model resident, see ``resident``); for a LoRA policy used as its own
+    reference, adapters are switched off."""
+    with resident(model), _reference_mode(model):
+        yield
+
+
+@contextlib.contextmanager
+def _reference_mode(model) -> Iterator[None]:
     was_training = model.training
     lora = hasattr(model, "disable_lora") and hasattr(model, "enable_lora") and hasattr(model, "lora_config")
     model.eval()
