@@ -183,8 +183,14 @@ def logits_response_logps(logits: paddle.Tensor, sequences: paddle.Tensor, promp
                           response_mask: paddle.Tensor, temperature: float = 1.0, return_logits: bool = False):
     """``response_logps`` from the full-sequence logits (N, T, V) already computed (a pipeline's last stage)."""
     width = response_mask.shape[1]  # R; columns past P + R (padding added by a pipeline cycle) are ignored
+    labels = sequences[:, prompt_length : prompt_length + width]
+    from alignment import ops
+
+    if not return_logits and ops.fused_applies(logits):  # the op reads the window in place: no sliced copy
+        logps = ops.completion_logps(logits, labels, temperature=temperature, offset=prompt_length - 1)[0]
+        return logps * response_mask.astype(logps.dtype)
     logits = logits[:, prompt_length - 1 : prompt_length - 1 + width]
-    logps = gather_logps(logits, sequences[:, prompt_length : prompt_length + width], temperature)
+    logps = gather_logps(logits, labels, temperature)
     logps = logps * response_mask.astype(logps.dtype)
     if return_logits:
         return logps, (logits / temperature if temperature != 1.0 else logits)
