@@ -61,7 +61,9 @@ class PhaseTracker:
         spec = PlanSpec(**settings, num_return_sequences=n, per_device_prompt_batch_size=max(1, rows // n),
                         max_prompt_len=prompt_length, max_new_tokens=response_length)
         settings["num_return_sequences"] = n
-        return {phase: sum(v for k, v in parts.items() if not k.startswith("host")) for phase, parts in plan(spec).items()}
+        self.last_parts = plan(spec)
+        return {phase: sum(v for k, v in parts.items() if not k.startswith("host"))
+                for phase, parts in self.last_parts.items()}
 
     def enter(self, phase: str) -> None:
         self.scheduler.enter(phase)
@@ -83,6 +85,8 @@ class PhaseTracker:
             "rank": self.strategy.rank,
             "shapes": shapes or {},
             "planned_bytes": self.planned(**shapes) if shapes else {},
+            # per phase and kind (each model's tensors, KV cache, logits, activations, offloaded bytes)
+            "planned_parts": getattr(self, "last_parts", {}) if shapes else {},
             "peak_bytes": peaks,
             "peak_source": self.monitor.source,
             "rss_peak_bytes": getattr(self.monitor, "last_rss", {}),
