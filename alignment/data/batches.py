@@ -7,7 +7,7 @@ Right padding for training batches, left padding for generation prompts.
 
 from __future__ import annotations
 
-from typing import List, Optional, TypedDict
+from typing import Any, Dict, List, Optional, TypedDict
 
 import paddle
 
@@ -58,6 +58,7 @@ class PromptOnlyBatch(TypedDict, total=False):
     position_ids: paddle.Tensor  # size = (B, P), 0 on left pads, 0.. on real tokens
     prompts: List[str]  # the formatted prompt texts (for logging and rule-based rewards)
     answers: List[Optional[str]]  # reference answers/solutions when the raw data has them (e.g. gsm8k)
+    columns: List[Dict[str, Any]]  # the records' extra scalar columns (for user reward functions)
 
 
 class UnpairedPreferenceBatch(TypedDict):

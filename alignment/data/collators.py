@@ -145,6 +145,7 @@ class PromptOnlyCollator(_Collator):
             position_ids=_tensor(pos),
             prompts=[s.get("prompt") for s in samples],
             answers=[s.get("answer") for s in samples],
+            columns=[s.get("columns") or {} for s in samples],
         )
 
 

@@ -483,7 +483,7 @@ class PromptOnlyDataset(TokenizedDataset):
     """Prompts for generation (PPO, GRPO ...): deduplicated (first occurrence kept, same prompt + system),
     left padded by the collator; ``max_length`` bounds the prompt (its start is cut, BOS kept). Carries the
     reference ``answer`` (``solution`` if the sample has one, else ``answer``) for rule-based rewards.
-    Item: ``input_ids``, ``prompt`` (text), ``answer`` (str or None)."""
+    Item: ``input_ids``, ``prompt`` (text), ``answer`` (str or None), ``columns`` (the extra scalar fields)."""
 
     COLLATOR = PromptOnlyCollator
 
@@ -523,10 +523,15 @@ class PromptOnlyDataset(TokenizedDataset):
         answer = self._get(sample, "solution", where, (str, int, float), optional=True)
         if answer is None:
             answer = self._get(sample, "answer", where, optional=True)
+        from .raw import RawSample
+
+        extras = {k: v for k, v in sample.items()
+                  if k not in RawSample.__annotations__ and isinstance(v, (str, int, float, bool))}
         return {
             "input_ids": _array(prompt),
             "prompt": self._prompt_text(sample, where),
             "answer": None if answer is None else str(answer),
+            "columns": extras,
         }
 
 

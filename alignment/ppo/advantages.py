@@ -61,8 +61,13 @@ def compute_advantages(
     normalize_advantage: bool = False,
     reward_normalizer: Optional[RewardNormalizer] = None,
     strategy: Optional[ParallelStrategy] = None,
+    scale_by_batch_std: bool = False,
 ) -> Tuple[Experience, Dict[str, float]]:
-    """Fill ``token_rewards``, ``advantages`` and ``returns`` of ``exp``; return it and the step's metrics."""
+    """Fill ``token_rewards``, ``advantages`` and ``returns`` of ``exp``; return it and the step's metrics.
+
+    ``scale_by_batch_std`` (GRPO's ``scale_rewards='batch'``, with the ``dr_grpo`` estimator's group-centred
+    advantages): divide by std + 1e-6 of every score of the step over all ranks (Bessel-corrected).
+    """
     if group_size > 1:
         _check_groups(exp.group_ids, group_size)
     mask = exp.response_mask.astype("float32")
@@ -99,6 +104,10 @@ def compute_advantages(
     if estimator == "reinforce_plus_plus":  # its whitening must span every rank's rows, not this rank's only
         _, mean, var = masked_moments(strategy, returns, mask)
         advantages = ((returns - mean.astype("float32")) * paddle.rsqrt(var.astype("float32") + 1e-8)) * mask
+    if scale_by_batch_std:
+        _, _, var = masked_moments(strategy, scores, paddle.ones_like(scores))
+        advantages = advantages / (paddle.sqrt(var.astype("float32")) + 1e-6)
+        returns = advantages
     if normalize_advantage:
         _, mean, var = masked_moments(strategy, advantages, mask)
         advantages = ((advantages - mean.astype("float32")) * paddle.rsqrt(var.astype("float32") + 1e-8)) * mask

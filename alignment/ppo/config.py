@@ -42,6 +42,16 @@ RL_ALGORITHMS = {
 }
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# TRL's GRPO loss_type -> (loss_agg_mode, normaliser): "local" = this micro-batch, "max_dec_len" = B x max_dec_len,
+# "global" = every token of the optimizer step on every data-parallel rank
+LOSS_TYPES = {
+    "grpo": ("seq-mean-token-mean", "local"),
+    "bnpo": ("token-mean", "local"),
+    "dr_grpo": ("seq-mean-token-sum-norm", "max_dec_len"),
+    "dapo": ("token-mean", "global"),
+}
+SCALE_REWARDS = ("group", "batch", "none")
+IS_LEVELS = ("token", "sequence")
 STRATEGIES = ("no", "steps", "epoch")
 
 
@@ -100,6 +110,9 @@ class ModelArgument(LoraArguments):
         super().__post_init__()  # the LoRA fields
         if self.critic_lora is None:
             self.critic_lora = bool(self.lora)
+        for name in ("reward_model_name_or_path", "reward_critic_model_name_or_path"):
+            if getattr(self, name) in ("", "none", "None"):  # a config's model switched off from the command line
+                setattr(self, name, None)
         for name in ("recompute_granularity", "critic_recompute_granularity"):
             _choice(self, name, ("full", "full_attn", "core_attn"))
 
@@ -152,8 +165,86 @@ class PPOArguments:
     )
     kl_loss_coeff: Optional[float] = field(
         default=None,
-        metadata={"help": "Weight of the k3 KL-to-reference term in the actor loss. Default 0.001 for "
-                  "grpo/dr_grpo, 0 otherwise."},
+        metadata={"help": "Weight of the KL-to-reference term in the actor loss. Default 0.001 for "
+                  "grpo/dr_grpo, 0 otherwise. With kl_coeff and kl_loss_coeff both 0 no reference is loaded."},
+    )
+    kl_loss_estimator: str = field(
+        default="k3", metadata={"help": "KL estimator of the actor-loss KL term (k1 | k2 | k3)."}
+    )
+    policy_loss: str = field(
+        default="ppo", metadata={"help": "Registered policy loss: ppo | gspo | cispo | sapo."}
+    )
+    importance_sampling_level: str = field(
+        default="token", metadata={"help": "token | sequence (TRL's spelling of GSPO: policy_loss gspo)."}
+    )
+    loss_type: Optional[str] = field(
+        default=None,
+        metadata={"help": "TRL GRPO loss preset, sets the aggregation: grpo (seq-mean-token-mean), bnpo "
+                  "(token-mean of the micro-batch), dr_grpo (token sum / (B x max_dec_len)), dapo (token sum / "
+                  "the tokens of the optimizer step over all ranks). None: use loss_agg_mode."},
+    )
+    scale_rewards: str = field(
+        default="group", metadata={"help": "GRPO advantage scaling: group (divide by the group std) | batch (by the "
+                                           "std of every reward of the step, all ranks) | none (Dr. GRPO)."}
+    )
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "Exclude completions cut by max_dec_len (no EOS) from the loss (DAPO "
+                                         "overlong filtering)."}
+    )
+    top_entropy_quantile: float = field(
+        default=1.0, metadata={"help": "Train the policy loss only on this top fraction of tokens by entropy "
+                                       "(1 = all tokens; 0.2 as arXiv 2506.01939)."}
+    )
+    epsilon: Optional[float] = field(default=None, metadata={"help": "TRL alias of clip_range_ratio."})
+    epsilon_high: Optional[float] = field(default=None, metadata={"help": "TRL alias of clip_range_ratio_high."})
+    delta: Optional[float] = field(
+        default=None, metadata={"help": "Two-sided clip: cap of the ratio in the unclipped term (> 1 + eps_high)."}
+    )
+    sapo_tau_pos: float = field(default=1.0, metadata={"help": "SAPO gate temperature for positive advantages."})
+    sapo_tau_neg: float = field(default=1.05, metadata={"help": "SAPO gate temperature for negative advantages."})
+    dynamic_sampling: bool = field(
+        default=False, metadata={"help": "DAPO dynamic sampling: drop groups whose rewards are all equal and refill "
+                                         "the step from further prompt batches."}
+    )
+    max_gen_batches: int = field(
+        default=3, metadata={"help": "Most prompt batches generated per step under dynamic_sampling; if still short, "
+                                     "the step is filled with dropped groups (zero advantage)."}
+    )
+    overlong_buffer_len: int = field(
+        default=0, metadata={"help": "DAPO soft overlong punishment: length of the penalty ramp before max_dec_len "
+                                     "(0 = off)."}
+    )
+    overlong_penalty_factor: float = field(default=1.0, metadata={"help": "Scale of the overlong punishment."})
+    tis_cap: Optional[float] = field(
+        default=None, metadata={"help": "Truncated importance sampling: weight the policy loss by min(pi_train / "
+                                        "pi_rollout, tis_cap) per token (None = off). The |dlogp| mismatch is "
+                                        "logged every step either way."}
+    )
+    reward_funcs: Optional[List[str]] = field(
+        default=None,
+        metadata={"help": "Reward functions by name: accuracy, format, length, repetition, remote, or "
+                  "module.path:function; combined with reward_model_name_or_path when that is set too."},
+    )
+    reward_weights: Optional[List[float]] = field(
+        default=None,
+        metadata={"help": "One weight per reward function (the reward model's weight last when one is set); "
+                  "default all 1."},
+    )
+    reward_format_pattern: Optional[str] = field(
+        default=None, metadata={"help": "Regular expression of the 'format' reward (default <think>..</think>"
+                                        "<answer>..</answer>)."}
+    )
+    reward_target_length: int = field(default=64, metadata={"help": "Target tokens of the 'length' reward."})
+    reward_repetition_ngram: int = field(default=3, metadata={"help": "n of the 'repetition' reward."})
+    reward_repetition_max_penalty: float = field(
+        default=-1.0, metadata={"help": "Penalty of a fully repetitive completion ('repetition' reward)."}
+    )
+    reward_server_url: str = field(
+        default="http://127.0.0.1:8731", metadata={"help": "URL of the reward server of the 'remote' reward."}
+    )
+    reward_server_timeout: float = field(default=30.0, metadata={"help": "Seconds per reward-server request."})
+    reward_server_retries: int = field(
+        default=2, metadata={"help": "Retries of a failed reward-server request (timeouts, refused connections)."}
     )
     pg_loss_coeff: float = field(default=1.0, metadata={"help": "Weight of the clipped policy-gradient loss."})
     entropy_coeff: float = field(default=0.0, metadata={"help": "Weight of the entropy bonus."})
@@ -282,6 +373,7 @@ class PPOArguments:
     def __post_init__(self) -> None:
         _choice(self, "rl_algorithm", tuple(RL_ALGORITHMS))
         _choice(self, "kl_estimator", ("k1", "k2", "k3"))
+        self._check_grpo_options()
         _choice(self, "loss_agg_mode", LOSS_AGG_MODES)
         _choice(self, "lr_scheduler_type", LR_SCHEDULERS)
         if self.critic_lr_scheduler_type is not None:
@@ -363,7 +455,66 @@ class PPOArguments:
         self.sharding_parallel_degree = layout.sharding_parallel_degree
         self.sharding = layout.sharding
 
+    def _check_grpo_options(self) -> None:
+        """Policy loss, aggregation presets, aliases and the DAPO / TIS / reward options."""
+        from alignment.algorithms import available
+
+        _choice(self, "kl_loss_estimator", ("k1", "k2", "k3"))
+        _choice(self, "policy_loss", tuple(available("policy")))
+        _choice(self, "importance_sampling_level", IS_LEVELS)
+        _choice(self, "scale_rewards", SCALE_REWARDS)
+        if self.importance_sampling_level == "sequence":
+            if self.policy_loss not in ("ppo", "gspo"):
+                raise ValueError(f"importance_sampling_level='sequence' is the gspo policy loss; it cannot be combined "
+                                 f"with policy_loss='{self.policy_loss}' (allowed: ppo, gspo)")
+            self.policy_loss = "gspo"
+        if self.loss_type is not None:
+            _choice(self, "loss_type", tuple(LOSS_TYPES))
+            mode = LOSS_TYPES[self.loss_type][0]
+            if self.loss_agg_mode not in ("token-mean", mode):
+                raise ValueError(f"loss_type='{self.loss_type}' sets loss_agg_mode='{mode}'; it contradicts "
+                                 f"loss_agg_mode='{self.loss_agg_mode}' (give one of them)")
+            self.loss_agg_mode = mode
+        if self.epsilon is not None:
+            _positive(self, "epsilon")
+            self.clip_range_ratio = self.epsilon
+        if self.epsilon_high is not None:
+            _positive(self, "epsilon_high", allow_zero=True)
+            if self.clip_range_ratio_high is not None and self.clip_range_ratio_high != self.epsilon_high:
+                raise ValueError(f"epsilon_high={self.epsilon_high} and clip_range_ratio_high="
+                                 f"{self.clip_range_ratio_high} disagree (they are aliases; give one)")
+            self.clip_range_ratio_high = self.epsilon_high
+        eps_high = self.clip_range_ratio if self.clip_range_ratio_high is None else self.clip_range_ratio_high
+        if self.delta is not None and not self.delta > 1.0 + eps_high:
+            raise ValueError(f"delta must be > 1 + clip_range_ratio_high = {1.0 + eps_high} (or None), got {self.delta}")
+        if (self.delta is not None or self.dual_clip is not None) and self.policy_loss in ("cispo", "sapo"):
+            raise ValueError(f"delta / dual_clip are not defined for policy_loss='{self.policy_loss}'; leave them None")
+        if not 0 < self.top_entropy_quantile <= 1:
+            raise ValueError(f"top_entropy_quantile must be in (0, 1], got {self.top_entropy_quantile}")
+        _positive(self, "max_gen_batches", "sapo_tau_pos", "sapo_tau_neg", "tis_cap", "reward_server_timeout",
+                  "reward_target_length", "reward_repetition_ngram")
+        _positive(self, "overlong_buffer_len", "overlong_penalty_factor", "reward_server_retries", allow_zero=True)
+        if self.overlong_buffer_len > self.max_dec_len:
+            raise ValueError(f"overlong_buffer_len ({self.overlong_buffer_len}) must be <= max_dec_len "
+                             f"({self.max_dec_len})")
+        if self.reward_repetition_max_penalty > 0:
+            raise ValueError(f"reward_repetition_max_penalty must be <= 0, got {self.reward_repetition_max_penalty}")
+        if self.dynamic_sampling and self.num_return_sequences < 2:
+            raise ValueError("dynamic_sampling compares the samples of a prompt: num_return_sequences must be >= 2")
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [self.reward_funcs]
+        if isinstance(self.reward_weights, (int, float)):
+            self.reward_weights = [float(self.reward_weights)]
+        from alignment.training.reward_funcs import check_reward_func_names
+
+        check_reward_func_names(self.reward_funcs or [])
+
     # ---- derived settings
+    @property
+    def loss_normaliser(self) -> str:
+        """local | max_dec_len | global: the denominator of the aggregation (``LOSS_TYPES``)."""
+        return LOSS_TYPES[self.loss_type][1] if self.loss_type is not None else "local"
+
     @property
     def advantage_estimator(self) -> str:
         return RL_ALGORITHMS[self.rl_algorithm][0]
@@ -404,8 +555,13 @@ def check_consistency(model_args: ModelArgument, data_args: DataArgument, args: 
     """Cross-dataclass checks that need all three (called by the trainer)."""
     if model_args.actor_model_name_or_path is None:
         raise ValueError("actor_model_name_or_path is required (the SFT checkpoint of the actor)")
-    if model_args.reward_model_name_or_path is None and not has_reward_fn:
-        raise ValueError("reward_model_name_or_path is required unless a reward function is given")
+    if model_args.reward_model_name_or_path is None and not has_reward_fn and not args.reward_funcs:
+        raise ValueError("reward_model_name_or_path is required unless reward_funcs (or a reward function) is given")
+    if args.reward_weights is not None:
+        n = len(args.reward_funcs or []) + (model_args.reward_model_name_or_path is not None) + bool(has_reward_fn)
+        if len(args.reward_weights) != n:
+            raise ValueError(f"reward_weights has {len(args.reward_weights)} entries for {n} rewards (one per "
+                             "reward_funcs entry, then the reward model / reward function when set)")
     if args.use_critic and model_args.reward_critic_model_name_or_path is None and model_args.reward_model_name_or_path is None:
         raise ValueError(
             "rl_algorithm='ppo' trains a critic: set reward_critic_model_name_or_path (or reward_model_name_or_path)"

@@ -8,6 +8,8 @@ response_mask=M)`` and returns one float per row (see ``alignment.rollout.experi
 * ``RuleReward(tokenizer, score_text)``: decodes each response and scores the text with
   ``score_text(prompt, response, answer) -> float`` (rule-based rewards such as GSM8K correctness).
 * ``gsm8k_correct(prompt, response, answer)``: 1.0 if the last number of the response equals the answer.
+
+Named rewards chosen from the command line (``reward_funcs``) live in ``alignment.training.reward_funcs``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,11 @@ Outputs ``output_dir/policy`` (causal LM), ``output_dir/value`` (critic score mo
 ``output_dir/checkpoint-N`` (resumable), ``output_dir/metrics.jsonl``, ``output_dir/ppo_curves.png`` and the
 VisualDL logs under ``output_dir/runs`` (``logging_dir``).
 
-Programmatic use with a rule-based reward (no reward model)::
+Rule-based rewards by name (no reward model needed; several combine with reward_weights)::
+
+    python alignment/ppo/run_ppo.py config/llama/tiny/grpo_argument.json --reward_funcs accuracy format
+
+Programmatic use with a Python reward (no reward model)::
 
     from alignment.ppo.run_ppo import main
     main(["config/llama/tiny/ppo_argument.json", "--rl_algorithm", "grpo"], reward_fn=my_reward)
@@ -58,7 +62,9 @@ def build_trainer(model_args, data_args, args, *, reward_fn=None, strategy=None)
     check_consistency(model_args, data_args, args, has_reward_fn=reward_fn is not None)
     strategy = strategy or ParallelStrategy.from_args(args).init()
     paddle.seed(args.seed)  # same initialisation on every rank (a new critic head, for instance)
-    models = build_models(model_args, data_args, args, strategy, with_reward_model=reward_fn is None)
+    # a Python reward_fn replaces the reward model; reward_funcs combine with it when both are given
+    with_rm = reward_fn is None and model_args.reward_model_name_or_path is not None
+    models = build_models(model_args, data_args, args, strategy, with_reward_model=with_rm)
     train, evald, ptx = build_datasets(data_args, args, models.actor_tokenizer)
     return PPOTrainer(
         args, models=models, strategy=strategy, train_dataset=train, reward_fn=reward_fn,

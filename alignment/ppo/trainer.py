@@ -30,14 +30,12 @@ from alignment.rollout import (
     Retokenizer,
     RewardFn,
     RolloutBatch,
-    concat_rollouts,
-    generate,
     make_experience,
-    reward_scores,
 )
 
 from . import checkpoint
 from .advantages import RewardNormalizer, compute_advantages
+from .collect import RewardScorer, RolloutCollector, evaluate_rewards, finish_experience
 from .config import PPOArguments
 from .feeding import BatchStream
 from .memory import PhaseTracker
@@ -89,6 +87,10 @@ class PPOTrainer:
             if models.reward_model is not None and Retokenizer.needed(models.actor_tokenizer, models.reward_tokenizer)
             else None
         )
+        self.collector = RolloutCollector(
+            args, self.generation_config, rollout_actor=self.rollout_actor, scorer=_scorer(args, models, reward_fn,
+                                                                                              self.retokenizer),
+            strategy=self.strategy)
         self._make_streams(train_dataset, ptx_dataset)
         self.eval_dataset = eval_dataset
         opt_steps = max(1, self.total_steps * args.optimizer_steps_per_step)
@@ -163,24 +165,8 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ phases
     def rollout(self, batch: Dict[str, Any], config: Optional[GenerationConfig] = None) -> RolloutBatch:
-        """Generate for one prompt batch, in chunks of per_device_rollout_batch_size prompts."""
-        config = config or self.generation_config
-        actor = self.rollout_actor()
-        n_prompts = batch["input_ids"].shape[0]
-        chunk = self.args.per_device_rollout_batch_size
-        chunk = n_prompts if chunk <= 0 else chunk
-        parts = []
-        for s in range(0, n_prompts, chunk):
-            sl = slice(s, min(s + chunk, n_prompts))
-            parts.append(
-                generate(
-                    actor, batch["input_ids"][sl], batch["attention_mask"][sl], config,
-                    group_offset=s,
-                    prompts=None if batch.get("prompts") is None else batch["prompts"][sl],
-                    answers=None if batch.get("answers") is None else batch["answers"][sl],
-                )
-            )
-        return concat_rollouts(parts, config.pad_token_id)
+        """Generate for one prompt batch, in chunks of per_device_rollout_batch_size prompts (``collect``)."""
+        return self.collector.generate(batch, config).batch
 
     def rollout_actor(self):
         """The model that generates: the actor itself, or (pipeline parallel) its refreshed generation copy."""
@@ -204,9 +190,10 @@ class PPOTrainer:
         self._reshard_stats = stats
         self._copies_stale = False
 
-    def experience(self, rollout: RolloutBatch):
+    def experience(self, rollout: RolloutBatch, scores: Optional[paddle.Tensor] = None):
         return make_experience(
             rollout,
+            scores=scores,
             actor=self.rollout_actor(),
             reference=self.m.reference,
             reward_model=self.m.reward_model,
@@ -221,21 +208,24 @@ class PPOTrainer:
         """One PPO iteration on one prompt batch; returns the step's metrics averaged over ranks."""
         a = self.args
         t0 = time.perf_counter()
-        self.phases.enter("generation")
-        rollout = self.rollout(batch)
+        self.phases.enter("generation")  # generation and rewards (+ dynamic sampling's further batches)
+        rollout, collected = self.collector.collect(batch, self.prompts)
         t1 = time.perf_counter()
         self.phases.enter("experience")
-        exp = self.experience(rollout)
+        exp, extras = finish_experience(self.experience(rollout.batch, rollout.scores), rollout, a)
         t2 = time.perf_counter()
         reward = float(exp.scores.astype("float32").mean())
         if self.guard.check(self.global_step + 1, what="update", reward=reward):  # before the normaliser sees it
             return {"reward": reward, "nonfinite_skipped": float(self.guard.skipped)}
+        grpo_scaled = a.rl_algorithm == "grpo" and a.scale_rewards != "group"  # group-centred, then batch / none
         exp, metrics = compute_advantages(
-            exp, estimator=a.advantage_estimator, kl_coeff=a.kl_coeff, clip_range_score=a.clip_range_score,
-            kl_estimator=a.kl_estimator, group_size=a.num_return_sequences, gamma=a.gamma, lam=a.lam,
-            normalize_advantage=a.normalize_advantage, reward_normalizer=self.reward_normalizer,
-            strategy=self.strategy,
+            exp, estimator="dr_grpo" if grpo_scaled else a.advantage_estimator, kl_coeff=a.kl_coeff,
+            clip_range_score=a.clip_range_score, kl_estimator=a.kl_estimator, group_size=a.num_return_sequences,
+            gamma=a.gamma, lam=a.lam, normalize_advantage=a.normalize_advantage,
+            reward_normalizer=self.reward_normalizer, strategy=self.strategy,
+            scale_by_batch_std=grpo_scaled and a.scale_rewards == "batch",
         )
+        metrics.update(collected, **extras)
         t3 = time.perf_counter()
         kl = metrics.get("kl_divergence")
         if self.guard.check(self.global_step + 1, what="update", kl=kl):
@@ -255,32 +245,12 @@ class PPOTrainer:
         metrics["samples_per_second"] = len(exp) * self.strategy.data_parallel_world_size / metrics["time_step"]
         return metrics
 
-    @paddle.no_grad()
     def evaluate(self) -> Dict[str, float]:
-        """Mean reward of one greedy (or sampled, eval_do_sample) response per eval prompt, over all ranks."""
+        """Mean reward and length over eval prompts, and each reward's mean and pass@k (k = num_return_sequences;
+        one greedy response per prompt when k = 1), over all ranks (``collect.evaluate_rewards``)."""
         if self.eval_dataset is None:
             return {}
-        a, s = self.args, self.strategy
-        cfg = GenerationConfig(**{**self.generation_config.__dict__, "num_return_sequences": 1, "do_sample": a.eval_do_sample})
-        n = len(self.eval_dataset)
-        per_rank = math.ceil(n / s.data_parallel_world_size)
-        mine = list(range(s.data_parallel_rank * per_rank, min(n, (s.data_parallel_rank + 1) * per_rank)))
-        collate = self.eval_dataset.get_collator()
-        total, count, length = 0.0, 0, 0.0
-        for b in range(0, len(mine), a.per_device_eval_batch_size):
-            batch = collate([self.eval_dataset[i] for i in mine[b : b + a.per_device_eval_batch_size]])
-            self.phases.enter("generation")
-            rollout = self.rollout(batch, cfg)
-            self.phases.enter("experience")  # the reward model scores
-            scores = reward_scores(
-                rollout, reward_model=self.m.reward_model, reward_fn=self.reward_fn, retokenizer=self.retokenizer,
-                micro_batch_size=a.experience_batch_size,
-            )
-            total += float(scores.sum())
-            length += float(rollout.response_lengths.astype("float32").sum())
-            count += int(scores.shape[0])
-        sums = s.all_reduce_sum(paddle.to_tensor([total, length, float(count)], dtype="float64")).numpy()
-        return {"eval_reward": sums[0] / max(sums[2], 1.0), "eval_response_length": sums[1] / max(sums[2], 1.0)}
+        return evaluate_rewards(self.collector, self.eval_dataset, self.args, self.strategy, self.phases.enter)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, float]:
@@ -346,9 +316,24 @@ class PPOTrainer:
         return False
 
 
+def _scorer(args: PPOArguments, models: PPOModels, reward_fn, retokenizer) -> RewardScorer:
+    """The step's reward: reward_funcs terms, the reward model and a reward_fn, weighted (reward_weights)."""
+    from alignment.training.reward_funcs import reward_terms
+
+    terms = reward_terms(args)
+    extra = list(args.reward_weights or [])[len(terms):]
+    model_weight = extra.pop(0) if extra and models.reward_model is not None else 1.0
+    fn_weight = extra.pop(0) if extra and reward_fn is not None else 1.0
+    return RewardScorer(
+        terms=terms, tokenizer=models.actor_tokenizer, reward_model=models.reward_model, reward_fn=reward_fn,
+        model_weight=model_weight, fn_weight=fn_weight, retokenizer=retokenizer,
+        micro_batch_size=args.experience_batch_size, max_dec_len=args.max_dec_len,
+        overlong_buffer_len=args.overlong_buffer_len, overlong_penalty_factor=args.overlong_penalty_factor)
+
+
 def _check_models(args: PPOArguments, models: PPOModels, reward_fn) -> None:
-    if (models.reward_model is None) == (reward_fn is None):
-        raise ValueError("PPOTrainer: give exactly one of a reward model or a reward_fn")
+    if models.reward_model is None and reward_fn is None and not args.reward_funcs:
+        raise ValueError("PPOTrainer: give a reward model, a reward_fn or reward_funcs")
     if args.use_critic and models.critic is None:
         raise ValueError(f"rl_algorithm='{args.rl_algorithm}' needs a critic model")
     if not args.use_critic and models.critic is not None:

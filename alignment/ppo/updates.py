@@ -3,8 +3,11 @@
 Per micro-batch of ``per_device_train_batch_size`` rows (in rollout order, groups contiguous), first all
 actor passes (phase ``update_actor``), then all critic passes (``update_critic``; the two are independent, and
 the offload schedule keeps one model with its optimizer states resident at a time):
-1. actor: current log-probs (same temperature as the rollout) -> registry "policy"["ppo"] clipped
-   surrogate x pg_loss_coeff (+ kl_loss_coeff x k3 KL to the reference, - entropy_coeff x entropy);
+1. actor: current log-probs (same temperature as the rollout) -> registry "policy"[policy_loss] (ppo, gspo,
+   cispo, sapo) x pg_loss_coeff (+ kl_loss_coeff x KL (kl_loss_estimator) to the reference, - entropy_coeff x
+   entropy); per-token weights: TIS min(π_train / π_rollout, tis_cap) and the top_entropy_quantile mask; the
+   aggregation is loss_agg_mode with the denominator of the loss_type preset (dr_grpo: max_dec_len per row;
+   dapo: every token of the optimizer step over all ranks, ``_set_step_tokens``);
 2. ptx (when a ptx iterator is given): ptx_coeff x token-mean NLL of one supervised micro-batch,
    accumulated into the same actor optimizer step (as PaddleNLP does);
 3. critic (PPO): registry "value"["clipped"] clipped value loss.
@@ -27,7 +30,8 @@ import paddle
 
 from alignment.algorithms import registry
 from alignment.algorithms.policy import entropy_bonus, kl_penalty_loss
-from alignment.algorithms.utils import gather_logps, masked_mean
+from alignment.algorithms.shaping import high_entropy_mask, truncated_is_weights
+from alignment.algorithms.utils import entropy_from_logits, gather_logps, masked_mean
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
 from alignment.models.pipeline import cycle_inputs, pad_columns
 from alignment.rollout import (
@@ -58,6 +62,15 @@ class LossSettings:
     entropy_coeff: float = 0.0
     ptx_coeff: float = 0.0
     loss_agg_mode: str = "token-mean"
+    policy_loss: str = "ppo"
+    delta: Optional[float] = None
+    kl_loss_estimator: str = "k3"
+    top_entropy_quantile: float = 1.0
+    tis_cap: Optional[float] = None
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    loss_normaliser: str = "local"  # local | max_dec_len | global (PPOArguments.loss_normaliser, from loss_type)
+    max_dec_len: int = 512
 
     @classmethod
     def from_args(cls, args) -> "LossSettings":
@@ -145,7 +158,8 @@ class PPOUpdater:
         self.micro_batch_size = micro_batch_size
         self.gas = gradient_accumulation_steps
         self.update_iters = update_iters
-        self.policy_fn = registry.get("policy", "ppo")
+        self.policy_fn = registry.get("policy", settings.policy_loss)
+        self._step_tokens: Optional[float] = None  # loss_type dapo: tokens of the optimizer step / (world x gas)
         self.value_fn = registry.get("value", "clipped") if critic is not None else None
         self.strategy = strategy
         self.phase_hook: Callable[[str], None] = lambda phase: None  # the trainer's offload schedule
@@ -171,10 +185,15 @@ class PPOUpdater:
             full_logits, mb.sequences, mb.prompt_length, mb.response_mask, temperature=s.temperature,
             return_logits=True,
         )
+        agg = self._aggregation()
+        weights, extra = self._token_weights(logits, mb), {}
+        if s.policy_loss == "sapo":
+            extra = {"tau_pos": s.sapo_tau_pos, "tau_neg": s.sapo_tau_neg}
         pg, metrics = self.policy_fn(
             logps, mb.old_logps, mb.advantages, mb.response_mask,
             clip_range_ratio=s.clip_range_ratio, clip_range_ratio_low=s.clip_range_ratio_low,
-            clip_range_ratio_high=s.clip_range_ratio_high, dual_clip=s.dual_clip, loss_agg_mode=s.loss_agg_mode,
+            clip_range_ratio_high=s.clip_range_ratio_high, dual_clip=s.dual_clip, delta=s.delta,
+            token_weights=weights, **agg, **extra,
         )
         metrics = _flat(metrics)
         metrics["pg_loss"] = pg
@@ -183,16 +202,51 @@ class PPOUpdater:
             if mb.ref_logps is None:
                 raise ValueError("kl_loss_coeff > 0 needs reference log-probs")
             kl, _ = kl_penalty_loss(
-                logps, mb.ref_logps, mb.response_mask, clip=s.clip_range_score, loss_agg_mode=s.loss_agg_mode,
+                logps, mb.ref_logps, mb.response_mask, estimator=s.kl_loss_estimator, clip=s.clip_range_score, **agg,
             )
             metrics["kl_loss"] = kl
             loss = loss + s.kl_loss_coeff * kl
         if s.entropy_coeff > 0:
-            ent, _ = entropy_bonus(logits, mb.response_mask, loss_agg_mode=s.loss_agg_mode)
+            ent, _ = entropy_bonus(logits, mb.response_mask, **agg)
             metrics["entropy"] = ent
             loss = loss - s.entropy_coeff * ent
         metrics["actor_loss"] = loss
         return loss, metrics
+
+    def _aggregation(self) -> Dict[str, Any]:
+        """Keyword arguments of the aggregation: the mode and, for the loss_type presets, its denominator."""
+        s = self.s
+        out: Dict[str, Any] = {"loss_agg_mode": s.loss_agg_mode}
+        if s.loss_normaliser == "max_dec_len":
+            out["norm_length"] = float(s.max_dec_len)
+        elif s.loss_normaliser == "global" and self._step_tokens is not None:
+            out["global_token_count"] = self._step_tokens
+        return out
+
+    def _token_weights(self, logits: paddle.Tensor, mb) -> Optional[paddle.Tensor]:
+        """TIS weights (tis_cap, when the micro-batch has rollout log-probs) x the high-entropy token mask."""
+        s, weights = self.s, None
+        rollout_logps = getattr(mb, "rollout_logps", None)
+        if s.tis_cap is not None and rollout_logps is not None:
+            weights, _ = truncated_is_weights(mb.old_logps, rollout_logps, mb.response_mask, cap=s.tis_cap)
+        if s.top_entropy_quantile < 1.0:
+            with paddle.no_grad():
+                keep = high_entropy_mask(entropy_from_logits(logits.detach()), mb.response_mask, s.top_entropy_quantile)
+            weights = keep if weights is None else weights * keep
+        return weights
+
+    def _set_step_tokens(self, group) -> None:
+        """loss_type dapo: every token of the optimizer step's micro-batches on every rank, / (world x gas), so
+        that the sum over micro-batches / gas, averaged over ranks, is Σℓ / (all tokens of the step)."""
+        if self.s.loss_normaliser != "global":
+            return
+        tokens = paddle.to_tensor([sum(float(mb.response_mask.astype("float32").sum()) for mb in group)],
+                                  dtype="float64")
+        world = 1
+        if self.strategy is not None:
+            tokens = self.strategy.all_reduce_sum(tokens)
+            world = self.strategy.data_parallel_world_size
+        self._step_tokens = max(float(tokens[0]), 1.0) / (world * self.gas)
 
     def critic_loss(self, mb: Experience):
         values = response_values(
@@ -228,6 +282,8 @@ class PPOUpdater:
         self.phase_hook("update_actor")
         for _ in range(self.update_iters):
             for k, mb in enumerate(micro):
+                if k % self.gas == 0:
+                    self._set_step_tokens(micro[k:k + self.gas])
                 loss, metrics = self.actor_loss(mb)
                 (loss / self.gas).backward()
                 if ptx_batches is not None and self.s.ptx_coeff > 0:
@@ -289,6 +345,7 @@ class PPOUpdater:
         for _ in range(self.update_iters):
             for g in range(0, len(micro), self.gas):
                 group = micro[g:g + self.gas]
+                self._set_step_tokens(group)
                 rows = []  # (input_ids, mask, position_ids, labels...) per micro-batch, ptx after each rollout one
                 for i, mb in enumerate(group):
                     ref = mb.ref_logps if mb.ref_logps is not None else zeros[g + i]

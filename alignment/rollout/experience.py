@@ -74,6 +74,7 @@ class Experience:
     returns: Optional[paddle.Tensor] = None  # (N, R) float32
     prompts: Optional[List[str]] = None  # (N,) prompt texts, when known
     answers: Optional[List[Any]] = None  # (N,) reference answers, when known
+    rollout_logps: Optional[paddle.Tensor] = None  # (N, R) float32: the sampler's log-probs (/ temperature), 0 on pads
 
     def __len__(self) -> int:
         return int(self.sequences.shape[0])
@@ -339,8 +340,11 @@ def make_experience(
     temperature: float = 1.0,
     micro_batch_size: int = 8,
     retokenizer: Optional[Retokenizer] = None,
+    scores: Optional[paddle.Tensor] = None,
 ) -> Experience:
     """Old/ref log-probs, reward scores and critic values of ``rollout`` in micro-batches of ``micro_batch_size``.
+
+    ``scores`` (N,) already computed (named reward functions, dynamic sampling) replace the reward pass.
 
     Models should be the plain (unwrapped) layers; every pass runs in eval mode under ``no_grad``.
     ``reference=None`` skips the reference pass (``ref_logps`` None: no KL term possible).
@@ -363,13 +367,14 @@ def make_experience(
             return logits_response_logps(logits, seq[sl], p, resp_mask[sl], temperature)
 
         ref_logps = map_micro_batches(reference, ref_reduce, seq, mask, pos, micro_batch_size)
-    scores = reward_scores(
-        rollout,
-        reward_model=reward_model,
-        reward_fn=reward_fn,
-        retokenizer=retokenizer,
-        micro_batch_size=micro_batch_size,
-    )
+    if scores is None:
+        scores = reward_scores(
+            rollout,
+            reward_model=reward_model,
+            reward_fn=reward_fn,
+            retokenizer=retokenizer,
+            micro_batch_size=micro_batch_size,
+        )
     return Experience(
         sequences=seq,
         attention_mask=mask,
