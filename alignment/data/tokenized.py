@@ -511,6 +511,11 @@ class PromptOnlyDataset(TokenizedDataset):
             if key not in seen:
                 seen.add(key)
                 keep.append(index)
+        self.num_duplicates = len(self.raw) - len(keep)
+        if self.num_duplicates:
+            logger.warning("%d of %d prompts are duplicates of an earlier one (same prompt and system) and are "
+                           "dropped; the first occurrence is kept (PromptOnlyDataset(deduplicate=False) keeps them)",
+                           self.num_duplicates, len(self.raw))
         return keep
 
     def _build(self, sample, where):

@@ -225,10 +225,12 @@ def test_safety_preference_signs(tiny_tokenizer, fx):
 # ---------------------------------------------------------------------------- prompt only
 
 
-def test_prompt_only_left_padding_dedup_and_answers(tiny_tokenizer, fx):
+def test_prompt_only_left_padding_dedup_and_answers(tiny_tokenizer, fx, caplog):
     tok = tiny_tokenizer
-    ds = PromptOnlyDataset(f"json:1:{fx / 'trl_prompt_only.jsonl'}", tok, 64)
-    assert len(ds) == 2  # the repeated haiku prompt is kept once (first occurrence)
+    with caplog.at_level("WARNING", logger="alignment.data"):
+        ds = PromptOnlyDataset(f"json:1:{fx / 'trl_prompt_only.jsonl'}", tok, 64)
+    assert len(ds) == 2 and ds.num_duplicates == 1  # the repeated haiku prompt is kept once (first occurrence)
+    assert "1 of 3 prompts are duplicates" in caplog.text  # said, not silent
     assert [ds[0]["answer"], ds[1]["answer"]] == ["n/a", "6"]
     p0, p1 = prompt_ids(tok, "Write a haiku about rain."), prompt_ids(tok, "What is 10 minus 4?")
     assert ds[0]["input_ids"].tolist() == p0
