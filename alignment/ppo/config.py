@@ -139,6 +139,10 @@ class DataArgument:
 
     def __post_init__(self) -> None:
         _positive(self, "max_length", "max_prompt_len")
+        from alignment.training.arguments import spec_from_text  # a dict / list spec given as JSON text
+
+        for name in ("train_datasets", "eval_datasets", "ptx_datasets"):
+            setattr(self, name, spec_from_text(getattr(self, name), name))
 
 
 @dataclass
@@ -499,6 +503,9 @@ class PPOArguments:
                              f"({self.max_dec_len})")
         if self.reward_repetition_max_penalty > 0:
             raise ValueError(f"reward_repetition_max_penalty must be <= 0, got {self.reward_repetition_max_penalty}")
+        if self.tis_cap is not None and self.pipeline_parallel_degree > 1:
+            raise ValueError("tis_cap is not supported with pipeline_parallel_degree > 1 yet (the pipeline's loss "
+                             "stage does not receive the rollout log-probs); leave tis_cap None")
         if self.dynamic_sampling and self.num_return_sequences < 2:
             raise ValueError("dynamic_sampling compares the samples of a prompt: num_return_sequences must be >= 2")
         if isinstance(self.reward_funcs, str):

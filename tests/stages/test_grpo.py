@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,23 @@ def test_grpo_with_accuracy_reward_raises_held_out_accuracy(tmp_path, copy_task)
     assert [r["step"] for r in evals] == [0, 40]
     assert 0.05 < start < 0.6  # the SFT model is partly right, so there is something to learn
     assert end >= start + 0.08, (start, end)  # measured 0.312 -> 0.481
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--policy_loss", "nope"], "policy_loss='nope' is not valid; allowed values: cispo, gspo, ppo, sapo"),
+    (["--loss_type", "xx"], "loss_type='xx' is not valid; allowed values: grpo, bnpo, dr_grpo, dapo"),
+    (["--scale_rewards", "rank"], "scale_rewards='rank' is not valid; allowed values: group, batch, none"),
+    (["--importance_sampling_level", "sequence", "--policy_loss", "cispo"], "importance_sampling_level='sequence'"),
+    (["--loss_type", "dr_grpo", "--loss_agg_mode", "seq-mean-token-mean"], "contradicts loss_agg_mode"),
+    (["--epsilon_high", "0.3", "--clip_range_ratio_high", "0.2"], "are aliases"),
+    (["--delta", "1.1"], "delta must be > 1 + clip_range_ratio_high"),
+    (["--top_entropy_quantile", "0"], "top_entropy_quantile must be in (0, 1]"),
+    (["--overlong_buffer_len", "99"], "overlong_buffer_len (99) must be <= max_dec_len"),
+    (["--reward_funcs", "accuracy", "bogus"], "reward_funcs entry 'bogus' is not valid; allowed values: accuracy"),
+    (["--reward_weights", "1", "2"], "reward_weights has 2 entries for 1 rewards"),
+])
+def test_grpo_option_errors_name_the_option(tmp_path, tiny_model_dir, prompts_file, extra, message):
+    from alignment.utils.cli import ArgumentError
+
+    with pytest.raises((ArgumentError, ValueError), match=re.escape(message)):
+        main(_cli(tmp_path / "bad", tiny_model_dir, prompts_file, *extra))
