@@ -160,3 +160,19 @@ def test_dict_dataset_spec_in_an_argument_file_and_as_a_flag(tiny_model_dir, dat
     assert len(build_trainer(argv).train_dataset) == 24  # half of the 48 records
     flag = base_argv("sft", tiny_model_dir, data, tmp_path / "b") + ["--train_datasets", json.dumps(spec)]
     assert len(build_trainer(flag).train_dataset) == 24
+
+
+def test_dict_dataset_spec_for_ppo_prompts(tiny_model_dir, data):
+    """PPO's DataArgument reads a dict spec given as JSON text too (argument file value or flag)."""
+    from alignment.data import PromptOnlyDataset
+    from alignment.models.loading import load_tokenizer
+    from alignment.ppo.config import DataArgument
+
+    spec = {"json": {"proportion": 0.5, "path": str(data / "prompts.jsonl")}}
+    args = DataArgument(train_datasets=json.dumps(spec), eval_datasets=json.dumps(spec))
+    assert args.train_datasets == spec and args.eval_datasets == spec
+    tok = load_tokenizer(str(tiny_model_dir), padding_side="left")
+    full = len(PromptOnlyDataset(f"json:1.0:{data / 'prompts.jsonl'}", tok, max_length=64))
+    assert len(PromptOnlyDataset(args.train_datasets, tok, max_length=64)) == full // 2
+    with pytest.raises(ValueError, match="train_datasets: not a valid JSON dataset spec"):
+        DataArgument(train_datasets='{"json": ')
