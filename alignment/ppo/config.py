@@ -280,6 +280,12 @@ class PPOArguments:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1 = off)."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL repetition penalty (1 = off)."})
+    frequency_penalty: float = field(
+        default=0.0, metadata={"help": "Logit -= count * this for every token already in the row, in [-2, 2] (0 = off)."}
+    )
+    presence_penalty: float = field(
+        default=0.0, metadata={"help": "Logit -= this for every token already in the row, in [-2, 2] (0 = off)."}
+    )
     num_return_sequences: int = field(default=1, metadata={"help": "Responses sampled per prompt (group size)."})
     max_dec_len: int = field(default=512, metadata={"help": "Most new tokens per response."})
     min_dec_len: int = field(default=1, metadata={"help": "EOS is not allowed before this many new tokens."})

@@ -353,6 +353,7 @@ def _generation_config(args: PPOArguments, tokenizer, max_length: Optional[int])
         eos_token_ids=(eos,), pad_token_id=pad, max_new_tokens=args.max_dec_len, min_new_tokens=args.min_dec_len,
         max_length=max_length, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         repetition_penalty=args.repetition_penalty, num_return_sequences=args.num_return_sequences,
+        frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
         sampler="fused" if args.use_fusemt and args.sampler == "default" else args.sampler,
     )
 
