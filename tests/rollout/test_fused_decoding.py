@@ -134,3 +134,20 @@ def test_greedy_identical_fused_fallback_paddlenlp(ops_library, name):
     for row in range(ours.shape[0]):  # up to and including our first EOS (PaddleNLP pads after it too)
         n = int(fused.response_mask[row].sum())
         np.testing.assert_array_equal(ours[row, :n], theirs[row, :n])
+
+
+def test_frequency_presence_penalties_reach_both_samplers(ops_library):
+    """GenerationConfig's frequency/presence penalties: the fused and the pure-Paddle sampler apply the same
+    ones (greedy tokens identical), and they change the result."""
+    model = MODELS["llama"]()
+    ids, mask = _prompts(seed=2)
+    cfg = dict(eos_token_ids=(EOS,), pad_token_id=PAD, max_new_tokens=10, do_sample=False)
+    pen = dict(frequency_penalty=2.0, presence_penalty=2.0, repetition_penalty=1.3)
+    fused = generate(model, ids, mask, GenerationConfig(sampler="fused", **cfg, **pen))
+    with ops.use_fusemt(False):
+        fallback = generate(model, ids, mask, GenerationConfig(**cfg, **pen))
+    plain = generate(model, ids, mask, GenerationConfig(sampler="fused", **cfg))
+    np.testing.assert_array_equal(fused.sequences.numpy(), fallback.sequences.numpy())
+    assert not np.array_equal(fused.sequences.numpy(), plain.sequences.numpy())
+    with pytest.raises(ValueError, match="frequency_penalty"):
+        GenerationConfig(frequency_penalty=3.0, **cfg)
