@@ -5,6 +5,7 @@ Kinds and what they hold:
                  CPO / SimPO / ORPO terms (``preference.REFERENCE_FREE``)
     unpaired     KTO-style unpaired losses
     reward       pairwise reward-model losses
+    cost         Safe RLHF cost-model losses (safer / unsafer pairs with safety signs)
     reward_func  rule-based rewards of completion text (accuracy, format, length, repetition)
     policy       PPO-style policy-gradient losses
     value        critic (value) losses
@@ -27,8 +28,10 @@ from .registry import available, get, kinds, register  # noqa: F401
 from . import (  # noqa: F401,E402
     advantages,
     aggregation,
+    cost,
     distill,
     kl,
+    lagrangian,
     normalizers,
     policy,
     preference,

@@ -4,11 +4,18 @@
     python alignment/rm/run_reward.py config/llama/tiny/rm_argument.json --loss_type token-wise
     python -m paddle.distributed.launch --nproc_per_node 2 alignment/rm/run_reward.py \
         config/llama/tiny/rm_argument.json
+    python alignment/rm/run_reward.py config/llama/tiny/cost_argument.json     # a cost model (score_type cost)
 
 The argument file holds the fields of ``RewardModelArguments``, ``RewardDataArguments`` and
 ``RewardArguments`` (alignment/rm/config.py) and PaddleNLP's ``TrainingArguments``; ``--flag value``
 overrides it, an unknown key is an error. The score model starts from ``model_name_or_path`` with a new head
 (``init_score_head``, default true) and the data is a ``PreferenceDataset`` (alignment/data).
+
+``score_type: cost`` trains a Safe RLHF cost model (arXiv 2310.12773) instead: the data is a
+``SafetyPreferenceDataset`` (PKU-SafeRLHF layout: safer_response_id, is_response_*_safe), the loss is the
+registered "cost" loss of ``loss_type`` (sequence-wise / token-wise, with ``regularization``) and the metrics
+are pair accuracy (``accuracy``: c_unsafer > c_safer) and ``sign_accuracy`` (cost > 0 exactly for unsafe
+responses), in training logs and in eval.
 
 Output (``output_dir``): a score-model checkpoint (config.json with score_type / normaliser fields,
 model_state.pdparams, value_head.safetensors) that ``ScoreModel.from_pretrained`` loads as a reward model
@@ -88,7 +95,7 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     """Parse the arguments; build the score model, the data and the ``RewardTrainer`` (nothing trained yet)."""
     from paddlenlp.trainer import TrainingArguments, set_seed
 
-    from alignment.data import PreferenceDataset
+    from alignment.data import PreferenceDataset, SafetyPreferenceDataset
     from alignment.models import load_tokenizer
     from alignment.rm.trainer import RewardTrainer
     from alignment.training.runner import build_datasets
@@ -101,6 +108,10 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     if pipeline and model_args.lora:
         raise ValueError("lora in the reward-model stage runs without pipeline parallelism (set "
                          "pipeline_parallel_degree 1; tensor and data parallelism work)")
+    cost = model_args.score_type == "cost"
+    if pipeline and cost:
+        raise ValueError("score_type cost trains without pipeline parallelism for now (set pipeline_parallel_degree "
+                         "1; tensor, sharding and data parallelism work)")
     if pipeline and model_args.normalize_score_during_training:
         raise ValueError("normalize_score_during_training needs the end scores of every rank in one place; it is "
                          "not available with pipeline_parallel_degree > 1 (set it false, or use tensor parallelism)")
@@ -114,9 +125,11 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
             model = score_pipeline_model(model_args, reward_args, training_args)
         else:
             model = load_score_model(model_args, training_args, tokenizer)
-    train_ds, eval_ds = build_datasets(PreferenceDataset, data_args, tokenizer, training_args.seed)
+    dataset_cls = SafetyPreferenceDataset if cost else PreferenceDataset
+    train_ds, eval_ds = build_datasets(dataset_cls, data_args, tokenizer, training_args.seed)
     trainer = RewardTrainer(
-        model=model, args=training_args, reward_args=reward_args, train_dataset=train_ds, eval_dataset=eval_ds,
+        model=model, args=training_args, reward_args=reward_args, score_type=model_args.score_type,
+        train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=train_ds.get_collator(), tokenizer=tokenizer,
     )
     trainer.lora_merge = bool(model_args.lora and model_args.merge_lora_on_save)

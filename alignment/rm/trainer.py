@@ -11,6 +11,12 @@ Evaluation gathers the end scores of every eval pair over all ranks (PaddleNLP's
 ``eval_rewards/margins``, ``eval_rewards_mean`` and ``eval_rewards_std`` from them, so the numbers are
 exact over the whole eval split whatever the batch size or world size (``metric_for_best_model: accuracy``).
 
+Cost models (``score_type: cost``, Safe RLHF arXiv 2310.12773): the batches are ``SafetyPreferenceBatch``
+(safer / unsafer rows with safety signs), the loss is ``algorithms.get("cost", loss_type)`` and the metrics
+are ``accuracy`` (pair accuracy, c_unsafer > c_safer), ``sign_accuracy`` (the sign of each end cost matches its
+response's safety: > 0 unsafe, < 0 safe) and ``costs/*``; evaluation gathers [c_safer, c_unsafer, safety
+signs] of every pair and ``cost_eval_metrics`` gives ``eval_accuracy``, ``eval_sign_accuracy``, ``eval_costs/*``.
+
 Saving writes ``ScoreModel.save_pretrained`` (config.json with the score fields, model_state.pdparams,
 value_head.safetensors) plus the tokenizer; ``resume_from_checkpoint`` restores the same state dict.
 """
@@ -29,7 +35,7 @@ from alignment.rm.config import RewardArguments
 from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import MetricsLoggingMixin
 
-__all__ = ["RewardTrainer", "reward_metrics", "pair_loss_criterion", "PIPELINE_LABELS"]
+__all__ = ["RewardTrainer", "reward_metrics", "cost_eval_metrics", "pair_loss_criterion", "PIPELINE_LABELS"]
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
@@ -48,6 +54,27 @@ def reward_metrics(eval_pred) -> Dict[str, float]:
         "rewards/margins": float((chosen - rejected).mean()),
         "rewards_mean": float(both.mean()),
         "rewards_std": float(both.std()),
+    }
+
+
+def cost_eval_metrics(eval_pred) -> Dict[str, float]:
+    """Metrics of all eval pairs from predictions (N, 4) = [c_safer, c_unsafer, safer sign, unsafer sign]
+    (signs in the data's convention, +1 safe); a cost > 0 reads as unsafe."""
+    preds = eval_pred.predictions
+    preds = preds[0] if isinstance(preds, (tuple, list)) else preds
+    preds = np.asarray(preds, dtype="float64").reshape([-1, 4])
+    c_s, c_u, sign_s, sign_u = preds.T
+    right = np.concatenate([c_s * -sign_s > 0, c_u * -sign_u > 0])
+    both = np.concatenate([c_s, c_u])
+    return {
+        "accuracy": float((c_u > c_s).mean()),
+        "sign_accuracy": float(right.mean()),
+        "costs/safer": float(c_s.mean()),
+        "costs/unsafer": float(c_u.mean()),
+        "costs/margins": float((c_u - c_s).mean()),
+        "costs_mean": float(both.mean()),
+        "costs_std": float(both.std()),
+        "unsafe_share": float((both > 0).mean()),
     }
 
 
@@ -101,33 +128,55 @@ class RewardTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
 
     merges_on_save = True  # ``_save`` writes one merged score checkpoint under any layout
 
-    def __init__(self, model, args, *, reward_args: Optional[RewardArguments] = None, **kwargs):
-        kwargs.setdefault("compute_metrics", reward_metrics)
+    def __init__(self, model, args, *, reward_args: Optional[RewardArguments] = None, score_type: str = "reward",
+                 **kwargs):
+        self.is_cost = score_type == "cost"  # safer / unsafer pairs and the "cost" losses
+        kwargs.setdefault("compute_metrics", cost_eval_metrics if self.is_cost else reward_metrics)
         if getattr(args, "unified_checkpoint", False):
             raise ValueError(
                 "unified_checkpoint is not supported for score models; set unified_checkpoint false"
             )
         super().__init__(model=model, args=args, **kwargs)
         self.reward_args = reward_args or RewardArguments()
-        self.loss_fn = get_algorithm("reward", self.reward_args.loss_type)
+        self.loss_fn = get_algorithm("cost" if self.is_cost else "reward", self.reward_args.loss_type)
 
     def train(self, *args, **kwargs):
         with paddle.utils.unique_name.guard():  # optimizer-state names match a resumed run, even in one process
             return super().train(*args, **kwargs)
 
     # ---------------------------------------------------------------------------------------------- loss
-    def pair_scores(self, model, inputs: Dict[str, paddle.Tensor]):
-        """One forward of the 2B rows; returns (chosen scores, rejected scores, chosen end, rejected end)."""
-        batch = inputs["chosen_input_ids"].shape[0]
-        ids = paddle.concat([inputs["chosen_input_ids"], inputs["rejected_input_ids"]], axis=0)
-        mask = paddle.concat([inputs["chosen_attention_mask"], inputs["rejected_attention_mask"]], axis=0)
+    def pair_scores(self, model, inputs: Dict[str, paddle.Tensor], first: str = "chosen", second: str = "rejected"):
+        """One forward of the 2B rows; returns (chosen scores, rejected scores, chosen end, rejected end)
+        (cost models: ``first="safer", second="unsafer"``)."""
+        batch = inputs[f"{first}_input_ids"].shape[0]
+        ids = paddle.concat([inputs[f"{first}_input_ids"], inputs[f"{second}_input_ids"]], axis=0)
+        mask = paddle.concat([inputs[f"{first}_attention_mask"], inputs[f"{second}_attention_mask"]], axis=0)
         out = model(input_ids=ids, attention_mask=mask)
         scores, end = out.scores, out.end_scores
         if scores.ndim == 3:  # score_dim > 1: the pairwise loss reads the first score
             scores, end = scores[..., 0], end[..., 0]
         return scores[:batch], scores[batch:], end[:batch], end[batch:]
 
+    def compute_cost_loss(self, model, inputs: Dict[str, paddle.Tensor], return_outputs: bool = False):
+        """Cost model: the "cost" loss of a ``SafetyPreferenceBatch``; outputs (N, 4) [c_safer, c_unsafer, signs]."""
+        safer, unsafer, safer_end, unsafer_end = self.pair_scores(model, inputs, "safer", "unsafer")
+        loss, metrics = self.loss_fn(
+            safer, unsafer, inputs["safer_attention_mask"], inputs["unsafer_attention_mask"],
+            safer_safety_sign=inputs["safer_safety_sign"], unsafer_safety_sign=inputs["unsafer_safety_sign"],
+            safer_ids=inputs["safer_input_ids"], unsafer_ids=inputs["unsafer_input_ids"],
+            regularization=self.reward_args.regularization,
+        )
+        if model.training:
+            self.store_metrics(_mean_over_ranks(metrics), "train")
+        if return_outputs:
+            signs = [inputs[f"{k}_safety_sign"].astype("float32") for k in ("safer", "unsafer")]
+            return loss, {"pairs": paddle.stack([safer_end.astype("float32"), unsafer_end.astype("float32"), *signs],
+                                                axis=-1)}
+        return loss
+
     def compute_loss(self, model, inputs: Dict[str, paddle.Tensor], return_outputs: bool = False):
+        if self.is_cost:
+            return self.compute_cost_loss(model, inputs, return_outputs)
         chosen, rejected, chosen_end, rejected_end = self.pair_scores(model, inputs)
         a = self.reward_args
         loss, metrics = self.loss_fn(
@@ -174,6 +223,9 @@ class RewardTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
             loss, out = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
+        if self.is_cost:
+            preds = out["pairs"]
+            return loss.detach(), preds, paddle.ones([preds.shape[0]], dtype="int64")
         preds = paddle.stack([out["chosen_end_scores"], out["rejected_end_scores"]], axis=-1).astype("float32")
         labels = paddle.ones([preds.shape[0]], dtype="int64")  # without labels no compute_metrics call
         return loss.detach(), preds, labels
