@@ -4,7 +4,7 @@ The constrained problem  max_θ J_R(θ)  s.t.  J_C(θ) <= d  becomes  min_{λ>=0
 
 * ``lagrangian_advantages(reward_adv, cost_adv, lam)``: the actor's advantage (A_r - λ·A_c) / (1 + λ)
   (the 1 + λ keeps its scale bounded whatever λ; Safe RLHF Eq. 11).
-* ``LagrangeMultiplier``: λ = exp(log λ) and its update by gradient ascent on λ·(J_C - d) in log λ, with
+* ``LagrangeMultiplier``: λ = exp(log λ) and its update by gradient ascent in log λ on (J_C - d), with
   J_C the mean episode cost over a window of recent episodes.
 
 No configuration objects: explicit scalars in, tensors / floats out. Not a registered kind (one variant).
@@ -30,20 +30,23 @@ def lagrangian_advantages(reward_advantages: paddle.Tensor, cost_advantages: pad
 
 
 class LagrangeMultiplier:
-    """λ = exp(log λ), updated by gradient ascent on the Lagrangian's λ term.
+    """λ = exp(log λ), updated by gradient ascent on the constraint violation.
 
     ``update(episode_costs)`` appends the new episodes' costs (floats, every rank's: the caller gathers them)
     to a window of the last ``window_size``; once more than ``delay_steps`` updates were seen, with
     J_C = mean(window) and d = ``threshold``::
 
-        g = ∂/∂(log λ) [ λ · (J_C - d) ] = λ · (J_C - d)
-        log λ <- min(log λ + lr · g, log lambda_max)      (no cap when lambda_max is None)
+        log λ <- clip(log λ + lr · (J_C - d), LOG_LAMBDA_MIN, log lambda_max)   (no upper cap when lambda_max is None)
 
-    So λ grows while the recent mean cost is above the threshold and shrinks once it is below.
-    Deliberate difference from safe-rlhf: plain gradient ascent in log λ (safe-rlhf runs Adam on log λ on
-    the mean cost of the last rollout batch only), so the update is deterministic and reproducible from the
-    state alone. ``state_dict`` / ``set_state_dict`` hold everything a resume needs (plain floats / lists).
+    i.e. ascent on (J_C - d) · log λ; so λ grows geometrically while the recent mean cost is above the
+    threshold and shrinks once it is below. Deliberate differences from safe-rlhf (Adam on log λ with the loss
+    -λ·(J_C - d), on the last rollout batch's mean cost): plain SGD whose step in log λ does not scale with λ
+    (the λ-scaled gradient of that loss under plain SGD grows without bound), and a window of episodes, so the
+    update is deterministic, bounded per step and reproducible from the state alone. ``state_dict`` /
+    ``set_state_dict`` hold everything a resume needs (plain floats / lists).
     """
+
+    LOG_LAMBDA_MIN = -20.0  # λ >= 2e-9: it can always grow back within a few steps
 
     def __init__(self, *, lambda_init: float = 1.0, lr: float = 0.1, threshold: float = 0.0,
                  lambda_max: Optional[float] = None, delay_steps: int = 0, window_size: int = 128):
@@ -76,7 +79,7 @@ class LagrangeMultiplier:
         violation = self.mean_episode_cost - self.threshold
         updated = self.steps > self.delay_steps and bool(self.window)
         if updated:
-            self.log_lambda += self.lr * self.value * violation
+            self.log_lambda = max(self.log_lambda + self.lr * violation, self.LOG_LAMBDA_MIN)
             if self.lambda_max is not None:
                 self.log_lambda = min(self.log_lambda, math.log(self.lambda_max))
         return {"lambda": self.value, "log_lambda": self.log_lambda, "episode_cost_window": self.mean_episode_cost,

@@ -23,7 +23,7 @@ from alignment.algorithms.utils import masked_mean
 from alignment.parallel import ParallelStrategy, masked_moments
 from alignment.rollout import Experience
 
-__all__ = ["RewardNormalizer", "compute_advantages"]
+__all__ = ["RewardNormalizer", "compute_advantages", "lagrangian_advantages_step"]
 
 
 class RewardNormalizer:
@@ -77,15 +77,22 @@ def compute_advantages(
     if reward_normalizer is not None:
         metrics["norm_reward"] = float(scores.mean())
 
+    dense = exp.dense_rewards  # reward_granularity token: (N, R) per-token rewards replace the end score
+    if dense is not None:
+        dense = paddle.clip(dense.astype("float32"), -clip_range_score, clip_range_score) * mask
     if exp.ref_logps is not None:
         token_rewards, kl_metrics = kl_shaped_rewards(
-            scores, exp.old_logps, exp.ref_logps, mask,
+            scores if dense is None else paddle.zeros_like(scores), exp.old_logps, exp.ref_logps, mask,
             kl_coeff=kl_coeff, clip_range_score=clip_range_score, estimator=kl_estimator,
         )
+        if dense is not None:
+            token_rewards = token_rewards + dense
         metrics.update({k: _f(v) for k, v in kl_metrics.items()})
         log_ratio = (exp.old_logps - exp.ref_logps) * mask
         metrics["kl_divergence"] = float(masked_mean(log_ratio, mask))
         metrics["kl_divergence_seq"] = float(log_ratio.sum(axis=-1).mean())
+    elif dense is not None:
+        token_rewards = dense
     else:  # no reference: the clipped score at the last response token only
         token_rewards = _last_token_rewards(paddle.clip(scores, -clip_range_score, clip_range_score), mask)
 
@@ -130,6 +137,43 @@ def compute_advantages(
         }
     )
     return exp.replace(token_rewards=token_rewards, advantages=advantages, returns=returns), metrics
+
+
+def lagrangian_advantages_step(exp: Experience, lagrange, *, estimator: str, args, strategy=None,
+                               scale_by_batch_std: bool = False) -> Tuple[Experience, Dict[str, float]]:
+    """PPO-Lagrangian after ``compute_advantages``: cost advantages, the λ update, the actor's advantages.
+
+    The cost side runs ``compute_advantages`` on ``exp.cost_scores`` / ``exp.cost_values`` with the same
+    estimator, and with the KL term's sign flipped (per-token cost += kl_coeff·kl), so that in
+    (A_r - λ·A_c) / (1 + λ) the KL weight is kl_coeff whatever λ (safe-rlhf splits it 1/2 : 1/2, a weight
+    of kl_coeff / 2). λ moves on every rank's episode costs of this step before it is used
+    (``LagrangeMultiplier.update``). ``exp.advantages`` becomes the combined advantage; the reward
+    advantages stay logged as ``advantages``; ``cost_advantages`` / ``cost_returns`` are kept for the cost critic.
+    """
+    from alignment.algorithms.lagrangian import lagrangian_advantages
+
+    costs = exp.cost_scores.astype("float32")
+    cost_exp, cost_metrics = compute_advantages(
+        exp.replace(scores=costs, values=exp.cost_values, dense_rewards=None), estimator=estimator,
+        kl_coeff=-args.kl_coeff, clip_range_score=args.clip_range_score, kl_estimator=args.kl_estimator,
+        group_size=args.num_return_sequences, gamma=args.gamma, lam=args.lam,
+        normalize_advantage=args.normalize_advantage, strategy=strategy, scale_by_batch_std=scale_by_batch_std,
+    )
+    everything = strategy.all_gather(costs) if strategy is not None else costs
+    metrics = lagrange.update(everything.numpy().tolist())
+    lam = lagrange.value
+    combined = lagrangian_advantages(exp.advantages, cost_exp.advantages, lam) * exp.response_mask.astype("float32")
+    mask = exp.response_mask.astype("float32")
+    metrics.update(
+        episode_cost=float(costs.mean()), unsafe_share=float((costs > 0).astype("float32").mean()),
+        cost_returns=float(masked_mean(cost_exp.returns, mask)),
+        cost_advantages=float(masked_mean(cost_exp.advantages, mask)),
+        lagrangian_advantages=float(masked_mean(combined, mask)),
+    )
+    if exp.cost_values is not None:
+        metrics["cost_values"] = float(masked_mean(exp.cost_values, mask))
+    return exp.replace(advantages=combined, cost_advantages=cost_exp.advantages,
+                       cost_returns=cost_exp.returns), metrics
 
 
 def _check_groups(group_ids: paddle.Tensor, group_size: int) -> None:

@@ -3,10 +3,12 @@
 A resumable checkpoint ``output_dir/checkpoint-<step>/`` holds
     policy/                  actor (PaddleNLP ``save_pretrained`` + tokenizer)
     value/                   critic (``ScoreModel.save_pretrained`` + tokenizer), PPO only
+    cost_value/              cost critic, PPO-Lagrangian with a critic (+ cost_critic_optimizer.safetensors)
     actor_optimizer.safetensors   AdamW moments + LR schedule, keyed by structural parameter names
     critic_optimizer.safetensors  the same for the critic
     rng_state.safetensors         paddle / numpy / python RNG states of every rank
-    trainer_state.json            step, prompt and ptx positions, reward-normaliser statistics, world size
+    trainer_state.json            step, prompt and ptx positions, reward-normaliser statistics, world size,
+                                  the Lagrange multiplier (log λ, episode-cost window, its step count)
     checkpoint_complete.json      the completion marker (alignment/training/checkpoints.py)
 Nothing is a pickle (alignment/utils/safe_io.py); a checkpoint of an older version (.pdopt, rng_state.pkl)
 loads only with ``--allow_pickle true``. Everything is written into a staging directory that the main process
@@ -81,7 +83,8 @@ def _full_states(trainer):
 
     actor = state(trainer.m.actor)
     critic = state(trainer.m.critic) if trainer.m.critic is not None else None
-    return actor, critic
+    cost_critic = state(trainer.m.cost_critic) if getattr(trainer.m, "cost_critic", None) is not None else None
+    return actor, critic, cost_critic
 
 
 def _save_model(model, tokenizer, path: str, state, merged: bool = True) -> None:
@@ -119,10 +122,16 @@ def _shard_state(trainer) -> dict:
     """This rank's own slices of the trainable models and their optimizer states (exact same-layout resume)."""
     out = {"actor": _plain(trainer.m.actor).state_dict(),
            "actor_optimizer": optimizer_state(trainer.actor_optimizer, trainer.m.actor)}
-    if trainer.m.critic is not None:
-        out["critic"] = _plain(trainer.m.critic).state_dict()
-        out["critic_optimizer"] = optimizer_state(trainer.critic_optimizer, trainer.m.critic)
+    for role in _CRITICS:
+        model = getattr(trainer.m, role, None)
+        if model is not None:
+            out[role] = _plain(model).state_dict()
+            out[f"{role}_optimizer"] = optimizer_state(getattr(trainer, f"{role}_optimizer"), model)
     return out
+
+
+_CRITICS = ("critic", "cost_critic")  # trainable score models: (checkpoint directory name, optimizer file)
+_CRITIC_DIRS = {"critic": "value", "cost_critic": "cost_value"}
 
 
 def save(trainer, path: str) -> None:
@@ -143,17 +152,21 @@ def save(trainer, path: str) -> None:
             os.makedirs(os.path.join(staging, "shards"))
         s.barrier()
         save_tree(_shard_state(trainer), os.path.join(staging, "shards", f"rank{s.rank}.safetensors"))
-    actor_state, critic_state = _full_states(trainer)
+    actor_state, *critic_states = _full_states(trainer)
     if s.is_main_process:
         _save_model(trainer.m.actor, trainer.m.actor_tokenizer, os.path.join(staging, "policy"), actor_state)
-        if trainer.m.critic is not None:
-            _save_model(trainer.m.critic, trainer.m.actor_tokenizer, os.path.join(staging, "value"), critic_state)
+        for role, state in zip(_CRITICS, critic_states):
+            model = getattr(trainer.m, role, None)
+            if model is not None:
+                _save_model(model, trainer.m.actor_tokenizer, os.path.join(staging, _CRITIC_DIRS[role]), state)
         if not s.hybrid:
             save_tree(optimizer_state(trainer.actor_optimizer, trainer.m.actor),
                       os.path.join(staging, "actor_optimizer.safetensors"))
-            if trainer.m.critic is not None:
-                save_tree(optimizer_state(trainer.critic_optimizer, trainer.m.critic),
-                          os.path.join(staging, "critic_optimizer.safetensors"))
+            for role in _CRITICS:
+                model = getattr(trainer.m, role, None)
+                if model is not None:
+                    save_tree(optimizer_state(getattr(trainer, f"{role}_optimizer"), model),
+                              os.path.join(staging, f"{role}_optimizer.safetensors"))
         save_tree(rng, os.path.join(staging, "rng_state.safetensors"))
         atomic_write_json(
             os.path.join(staging, STATE_FILE),
@@ -167,6 +180,7 @@ def save(trainer, path: str) -> None:
                     trainer.reward_normalizer.state_dict() if trainer.reward_normalizer is not None else None
                 ),
                 "rl_algorithm": trainer.args.rl_algorithm,
+                "lagrange": trainer.lagrange.state_dict() if getattr(trainer, "lagrange", None) is not None else None,
                 "layout": s.describe().split(": ", 1)[1],
             },
         )
@@ -207,20 +221,25 @@ def load(trainer, path: str) -> None:
                             os.path.join(path, "shards", f"rank{s.rank}.pdparams"))
         _plain(trainer.m.actor).set_state_dict(shard["actor"])
         set_optimizer_state(trainer.actor_optimizer, trainer.m.actor, shard["actor_optimizer"])
-        if trainer.m.critic is not None:
-            _plain(trainer.m.critic).set_state_dict(shard["critic"])
-            set_optimizer_state(trainer.critic_optimizer, trainer.m.critic, shard["critic_optimizer"])
+        for role in _CRITICS:
+            model = getattr(trainer.m, role, None)
+            if model is not None:
+                _plain(model).set_state_dict(shard[role])
+                set_optimizer_state(getattr(trainer, f"{role}_optimizer"), model, shard[f"{role}_optimizer"])
     else:
         _load_weights(trainer.m.actor, os.path.join(path, "policy"))
         set_optimizer_state(trainer.actor_optimizer, trainer.m.actor,
                             _load_state(os.path.join(path, "actor_optimizer.safetensors"),
                                         os.path.join(path, "actor_optimizer.pdopt")))
-        if trainer.m.critic is not None:
-            _load_weights(trainer.m.critic, os.path.join(path, "value"))
+        for role in _CRITICS:
+            model = getattr(trainer.m, role, None)
+            if model is None:
+                continue
+            _load_weights(model, os.path.join(path, _CRITIC_DIRS[role]))
             set_optimizer_state(
-                trainer.critic_optimizer, trainer.m.critic,
-                _load_state(os.path.join(path, "critic_optimizer.safetensors"),
-                            os.path.join(path, "critic_optimizer.pdopt")),
+                getattr(trainer, f"{role}_optimizer"), model,
+                _load_state(os.path.join(path, f"{role}_optimizer.safetensors"),
+                            os.path.join(path, f"{role}_optimizer.pdopt")),
             )
     trainer.global_step = int(state["global_step"])
     trainer.prompts.set_state_dict(state["prompts"])
@@ -228,6 +247,13 @@ def load(trainer, path: str) -> None:
         trainer.ptx.set_state_dict(state.get("ptx"))
     if trainer.reward_normalizer is not None and state.get("reward_normalizer"):
         trainer.reward_normalizer.set_state_dict(state["reward_normalizer"])
+    lagrange = getattr(trainer, "lagrange", None)
+    if (lagrange is None) != (state.get("lagrange") is None):
+        raise ValueError(f"{path}: a checkpoint {'with' if state.get('lagrange') else 'without'} a Lagrange multiplier "
+                         f"cannot resume a run {'with' if lagrange is not None else 'without'} one (cost model / "
+                         "cost_fn must match the saved run)")
+    if lagrange is not None:
+        lagrange.set_state_dict(state["lagrange"])
     rng = _load_state(os.path.join(path, "rng_state.safetensors"), os.path.join(path, "rng_state.pkl"))
     if len(rng) == s.world_size:
         mine = rng[s.rank]
@@ -254,14 +280,15 @@ def _load_weights(model: paddle.nn.Layer, directory: str) -> None:
 def save_final(trainer, output_dir: str) -> None:
     """``output_dir/policy`` (and ``output_dir/value`` when a critic was trained), written atomically as
     single-process models whatever the layout (collective: call on every rank)."""
-    actor_state, critic_state = _full_states(trainer)
+    actor_state, *critic_states = _full_states(trainer)
     if trainer.strategy.is_main_process:
         with atomic_dir(os.path.join(output_dir, "policy")) as tmp:
             _save_model(trainer.m.actor, trainer.m.actor_tokenizer, str(tmp), actor_state, _merged(trainer.m.actor))
-        if trainer.m.critic is not None:
-            with atomic_dir(os.path.join(output_dir, "value")) as tmp:
-                _save_model(trainer.m.critic, trainer.m.actor_tokenizer, str(tmp), critic_state,
-                            _merged(trainer.m.critic))
+        for role, state in zip(_CRITICS, critic_states):
+            model = getattr(trainer.m, role, None)
+            if model is not None:
+                with atomic_dir(os.path.join(output_dir, _CRITIC_DIRS[role])) as tmp:
+                    _save_model(model, trainer.m.actor_tokenizer, str(tmp), state, _merged(model))
     trainer.strategy.barrier()
 
 

@@ -9,7 +9,10 @@
   penalties / top-k / top-p), so the train/rollout mismatch |old_logps - rollout_logps| can be logged;
 * ``RewardScorer``: named reward functions (``reward_funcs``), the reward model and a Python ``reward_fn``,
   weighted and summed; each one's mean is logged as ``rewards_<name>``; DAPO's soft overlong punishment
-  (``overlong_buffer_len``) is added unweighted (``rewards_overlong``);
+  (``overlong_buffer_len``) is added unweighted (``rewards_overlong``); with ``reward_granularity: token`` the
+  reward model and the reward function give per-token rewards (``token_reward_scores``), the rollout's ``dense``
+  (N, R) is their weighted sum plus the sequence-level terms at each row's last token, and its score is the
+  row sum;
 * ``dynamic_sampling`` (DAPO, arXiv 2503.14476): groups whose rewards are all equal are dropped and further
   prompt batches are generated until the step has ``per_device_prompt_batch_size`` groups or
   ``max_gen_batches`` batches were generated (then dropped groups fill the rest; their advantages are 0).
@@ -27,7 +30,9 @@ import paddle
 
 from alignment.algorithms.shaping import constant_reward_groups, overlong_penalty
 from alignment.parallel import ParallelStrategy
+from alignment.algorithms.utils import last_token_index
 from alignment.rollout import GenerationConfig, RolloutBatch, concat_rollouts, generate, register_sampler, reward_scores
+from alignment.rollout.experience import token_reward_scores
 from alignment.rollout.sampling import available_samplers, get_sampler
 
 from alignment.training.reward_funcs import RewardTerm, decode_completions, row_columns
@@ -44,6 +49,7 @@ class Rollout:
     columns: Optional[List[dict]] = None  # (N,) extra record columns of each row's prompt
     scores: Optional[paddle.Tensor] = None  # (N,) float32: total reward
     components: Dict[str, paddle.Tensor] = field(default_factory=dict)  # name -> (N,) float32 (unweighted)
+    dense: Optional[paddle.Tensor] = None  # (N, R) float32: per-token rewards (reward_granularity token)
 
     def __len__(self) -> int:
         return int(self.batch.sequences.shape[0])
@@ -63,7 +69,8 @@ class Rollout:
         )
         return Rollout(batch, paddle.index_select(self.rollout_logps, idx), pick(self.columns),
                        None if self.scores is None else paddle.index_select(self.scores, idx),
-                       {k: paddle.index_select(v, idx) for k, v in self.components.items()})
+                       {k: paddle.index_select(v, idx) for k, v in self.components.items()},
+                       None if self.dense is None else paddle.index_select(self.dense, idx))
 
 
 def concat(parts: Sequence[Rollout], pad_token_id: int, group_size: int) -> Rollout:
@@ -78,7 +85,9 @@ def concat(parts: Sequence[Rollout], pad_token_id: int, group_size: int) -> Roll
         scores = None if any(p.scores is None for p in parts) else paddle.concat([p.scores for p in parts])
         names = parts[0].components.keys()
         components = {k: paddle.concat([p.components[k] for p in parts]) for k in names}
-        out = Rollout(batch, logps, columns, scores, components)
+        dense = None if any(p.dense is None for p in parts) else paddle.concat(
+            [_pad_columns(p.dense, width) for p in parts])
+        out = Rollout(batch, logps, columns, scores, components, dense)
     n = len(out)
     groups = paddle.repeat_interleave(paddle.arange(n // group_size, dtype="int64"), group_size)
     return replace(out, batch=replace(out.batch, group_ids=groups))
@@ -135,13 +144,16 @@ class RewardScorer:
 
     def __init__(self, *, terms: Sequence[RewardTerm], tokenizer, reward_model=None, reward_fn=None,
                  model_weight: float = 1.0, fn_weight: float = 1.0, retokenizer=None, micro_batch_size: int = 8,
-                 max_dec_len: int = 0, overlong_buffer_len: int = 0, overlong_penalty_factor: float = 1.0):
+                 max_dec_len: int = 0, overlong_buffer_len: int = 0, overlong_penalty_factor: float = 1.0,
+                 granularity: str = "sequence"):
         if not terms and reward_model is None and reward_fn is None:
             raise ValueError("no reward: give reward_funcs, a reward model (reward_model_name_or_path) or a reward_fn")
         self.terms, self.tokenizer = list(terms), tokenizer
         self.reward_model, self.reward_fn, self.retokenizer = reward_model, reward_fn, retokenizer
         self.model_weight, self.fn_weight, self.micro_batch_size = model_weight, fn_weight, micro_batch_size
         self.max_dec_len, self.buffer, self.factor = max_dec_len, overlong_buffer_len, overlong_penalty_factor
+        self.granularity = granularity
+        self.last_dense: Optional[paddle.Tensor] = None  # (N, R) of the last call (granularity token)
 
     @property
     def names(self) -> List[str]:
@@ -153,6 +165,7 @@ class RewardScorer:
         n = int(b.sequences.shape[0])
         components: Dict[str, paddle.Tensor] = {}
         total = paddle.zeros([n], dtype="float32")
+        dense = paddle.zeros(b.response_mask.shape, dtype="float32") if self.granularity == "token" else None
         if self.terms:
             completions = decode_completions(self.tokenizer, b)
             prompts = list(b.prompts) if b.prompts is not None else [""] * n
@@ -165,6 +178,14 @@ class RewardScorer:
                                  ("reward_fn", self.fn_weight, {"reward_fn": self.reward_fn})):
             if next(iter(kw.values())) is None:
                 continue
+            if dense is not None:  # per-token rewards; the component logged is each row's sum
+                if name == "reward_model" and self.retokenizer is not None:
+                    raise ValueError("reward_granularity='token' needs a reward model with the actor's tokenizer "
+                                     "(per-token scores are read at the actor's response tokens)")
+                per_token = token_reward_scores(b, micro_batch_size=self.micro_batch_size, **kw)
+                dense = dense + weight * per_token
+                components[name] = per_token.sum(axis=-1)
+                continue
             values = reward_scores(b, retokenizer=self.retokenizer if name == "reward_model" else None,
                                    micro_batch_size=self.micro_batch_size, **kw).astype("float32").reshape([-1])
             components[name] = values
@@ -174,6 +195,12 @@ class RewardScorer:
                                        penalty_factor=self.factor)
             components["overlong"] = penalty
             total = total + penalty
+        if dense is not None:  # sequence-level terms at each row's last response token
+            mask = b.response_mask.astype("float32")
+            last = paddle.nn.functional.one_hot(last_token_index(mask), mask.shape[1]).astype("float32")
+            dense = (dense + last * total.unsqueeze(-1)) * mask
+            total = dense.sum(axis=-1)
+        self.last_dense = dense
         return total, components
 
 
@@ -212,7 +239,7 @@ class RolloutCollector:
 
     def score(self, rollout: Rollout) -> Rollout:
         scores, components = self.scorer(rollout)
-        return replace(rollout, scores=scores, components=components)
+        return replace(rollout, scores=scores, components=components, dense=self.scorer.last_dense)
 
     def collect(self, batch, more_prompts: Optional[Iterator] = None) -> Tuple[Rollout, Dict[str, float]]:
         """One step's scored rollout; with dynamic_sampling, constant-reward groups are replaced (module doc)."""
@@ -267,7 +294,7 @@ def finish_experience(exp, rollout: Rollout, args) -> Tuple[object, Dict[str, fl
         metrics["tis_weight_mean"] = float(tis["tis_weight_mean"])
     ended = rollout.batch.ended_with_eos.astype("float32")
     metrics["truncated_fraction"] = 1.0 - float(ended.mean())
-    exp = exp.replace(rollout_logps=rollout.rollout_logps)
+    exp = exp.replace(rollout_logps=rollout.rollout_logps, dense_rewards=rollout.dense)
     if args.mask_truncated_completions:
         exp = exp.replace(response_mask=exp.response_mask * ended.unsqueeze(-1))
     return exp, metrics

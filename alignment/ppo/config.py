@@ -90,6 +90,16 @@ class ModelArgument(LoraArguments):
             "checkpoint gets a new score head. Its tokenizer must match the actor's."
         },
     )
+    cost_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Score-model checkpoint of a frozen COST model (alignment/rm with score_type cost): when "
+                          "set, training is PPO-Lagrangian (Safe RLHF) under any rl_algorithm; cost > 0 reads as unsafe."},
+    )
+    cost_critic_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Checkpoint that initialises the cost critic (critic-based rl_algorithm only). Default: the "
+                          "cost model. Its tokenizer must match the actor's."},
+    )
     use_flash_attention: bool = field(default=False, metadata={"help": "Passed to the model configs."})
     recompute_granularity: str = field(
         default="full", metadata={"help": "Recompute granularity of the actor (full | full_attn | core_attn)."}
@@ -110,7 +120,8 @@ class ModelArgument(LoraArguments):
         super().__post_init__()  # the LoRA fields
         if self.critic_lora is None:
             self.critic_lora = bool(self.lora)
-        for name in ("reward_model_name_or_path", "reward_critic_model_name_or_path"):
+        for name in ("reward_model_name_or_path", "reward_critic_model_name_or_path", "cost_model_name_or_path",
+                     "cost_critic_model_name_or_path"):
             if getattr(self, name) in ("", "none", "None"):  # a config's model switched off from the command line
                 setattr(self, name, None)
         for name in ("recompute_granularity", "critic_recompute_granularity"):
@@ -274,6 +285,26 @@ class PPOArguments:
     loss_agg_mode: str = field(
         default="token-mean", metadata={"help": f"Loss aggregation: {', '.join(LOSS_AGG_MODES)}."}
     )
+    reward_granularity: str = field(
+        default="sequence",
+        metadata={"help": "sequence: one end-of-response score per row | token: dense per-token rewards (a "
+                          "token-wise reward model's score at each response token, or a reward function returning "
+                          "(N, R) values) used directly in the advantage; KL shaping stays per token."},
+    )
+
+    # ---- PPO-Lagrangian (Safe RLHF, arXiv 2310.12773): on when a cost model (or cost_fn) is given
+    threshold: float = field(
+        default=0.0, metadata={"help": "d of the constraint: mean episode cost <= threshold (costs > 0 are unsafe)."}
+    )
+    lambda_init: float = field(default=1.0, metadata={"help": "Initial Lagrange multiplier λ (> 0)."})
+    lambda_lr: float = field(default=0.1, metadata={"help": "Step size of the gradient ascent on log λ (>= 0)."})
+    lambda_max: Optional[float] = field(default=None, metadata={"help": "Cap of λ (None: no cap)."})
+    lambda_update_delay_steps: int = field(
+        default=0, metadata={"help": "Steps before λ starts to move (the episode-cost window fills meanwhile)."}
+    )
+    episode_cost_window_size: int = field(
+        default=128, metadata={"help": "Episodes (rows, all ranks) whose mean cost drives the λ update."}
+    )
 
     # ---- rollout
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (also used for log-probs)."})
@@ -385,6 +416,8 @@ class PPOArguments:
         _choice(self, "kl_estimator", ("k1", "k2", "k3"))
         self._check_grpo_options()
         _choice(self, "loss_agg_mode", LOSS_AGG_MODES)
+        _choice(self, "reward_granularity", ("sequence", "token"))
+        self._check_lagrangian()
         _choice(self, "lr_scheduler_type", LR_SCHEDULERS)
         if self.critic_lr_scheduler_type is not None:
             _choice(self, "critic_lr_scheduler_type", LR_SCHEDULERS)
@@ -464,6 +497,21 @@ class PPOArguments:
         self.pipeline_parallel_degree = layout.pipeline_parallel_degree
         self.sharding_parallel_degree = layout.sharding_parallel_degree
         self.sharding = layout.sharding
+
+    def _check_lagrangian(self) -> None:
+        if self.lambda_init <= 0:
+            raise ValueError(f"lambda_init must be > 0 (λ = exp(log λ)), got {self.lambda_init}")
+        _positive(self, "lambda_lr", "lambda_update_delay_steps", allow_zero=True)
+        _positive(self, "episode_cost_window_size")
+        if self.lambda_max is not None and self.lambda_max < self.lambda_init:
+            raise ValueError(f"lambda_max ({self.lambda_max}) must be >= lambda_init ({self.lambda_init}) or None")
+        if self.reward_granularity == "token" and self.advantage_estimator not in ("gae", "reinforce_plus_plus"):
+            raise ValueError(f"reward_granularity='token' needs an estimator that reads per-token rewards; "
+                             f"rl_algorithm='{self.rl_algorithm}' reads one score per row (allowed: ppo, "
+                             "reinforce_plus_plus)")
+        if self.reward_granularity == "token" and self.dynamic_sampling:
+            raise ValueError("reward_granularity='token' is not combined with dynamic_sampling yet; set one of them "
+                             "off")
 
     def _check_grpo_options(self) -> None:
         """Policy loss, aggregation presets, aliases and the DAPO / TIS / reward options."""
@@ -564,7 +612,8 @@ def _not_yet(name: str, value, default: str, what: str) -> None:
     )
 
 
-def check_consistency(model_args: ModelArgument, data_args: DataArgument, args: PPOArguments, *, has_reward_fn=False):
+def check_consistency(model_args: ModelArgument, data_args: DataArgument, args: PPOArguments, *, has_reward_fn=False,
+                      has_cost_fn=False):
     """Cross-dataclass checks that need all three (called by the trainer)."""
     if model_args.actor_model_name_or_path is None:
         raise ValueError("actor_model_name_or_path is required (the SFT checkpoint of the actor)")
@@ -579,6 +628,9 @@ def check_consistency(model_args: ModelArgument, data_args: DataArgument, args: 
         raise ValueError(
             "rl_algorithm='ppo' trains a critic: set reward_critic_model_name_or_path (or reward_model_name_or_path)"
         )
+    if model_args.cost_critic_model_name_or_path is not None and model_args.cost_model_name_or_path is None \
+            and not has_cost_fn:
+        raise ValueError("cost_critic_model_name_or_path needs cost_model_name_or_path (PPO-Lagrangian)")
     if args.do_train and not data_args.train_datasets:
         raise ValueError("train_datasets is required for training (e.g. PKU-SafeRLHF/train)")
     if args.do_eval and not data_args.eval_datasets:

@@ -6,6 +6,11 @@
     critic     ScoreModel(score_type="critic") from reward_critic_model_name_or_path (default: the reward
                model; an LM checkpoint gets a new score head)             trainable (wrapped), PPO only
 
+PPO-Lagrangian (``cost_model_name_or_path`` set) adds two more, built like the reward model and the critic:
+    cost       ScoreModel(score_type="cost") from cost_model_name_or_path      frozen, own tokenizer allowed
+    cost critic ScoreModel(score_type="critic") from cost_critic_model_name_or_path (default: the cost
+               model)                                                       trainable (wrapped), critic-based only
+
 On resume, ``checkpoint.load`` overwrites the actor and critic weights with the checkpoint's ``policy``/``value``;
 the reference always comes from the SFT checkpoint.
 
@@ -62,6 +67,8 @@ def build_models(
     strategy: ParallelStrategy,
     *,
     with_reward_model: bool = True,
+    with_cost_model: bool = True,
+    with_cost_fn: bool = False,
 ) -> PPOModels:
     """Load tokenizers and the 3-4 models; trainable ones wrapped by ``strategy``."""
     from alignment.models.loading import load_tokenizer
@@ -101,39 +108,25 @@ def build_models(
         reference = strategy.create_model(lambda: load_causal_lm(actor_path, **lm_kwargs), role="reference",
                                           trainable=False)
     if with_reward_model:
-        reward_path = model_args.reward_model_name_or_path
-        reward_tok = load_tokenizer(reward_path, padding_side="right", ensure_pad=False)
-        if pipeline:
-            from alignment.models.pipeline import frozen_score_model_pipe
-
-            reward_model = frozen_score_model_pipe(reward_path, strategy, dtype="float32", use_flash_attention=flash)
-        else:
-            reward_model = strategy.create_model(
-                lambda: load_score_model(reward_path, score_type="reward", use_flash_attention=flash),
-                role="reward", trainable=False
-            )
-    critic = None
+        reward_model, reward_tok = _frozen_score_model(model_args.reward_model_name_or_path, "reward", strategy,
+                                                       pipeline, flash)
+    cost_model = cost_tok = None
+    cost_path = model_args.cost_model_name_or_path
+    if cost_path is not None and with_cost_model:
+        cost_model, cost_tok = _frozen_score_model(cost_path, "cost", strategy, pipeline, flash)
+    critic = cost_critic = None
     if args.use_critic:
         critic_path = model_args.reward_critic_model_name_or_path or model_args.reward_model_name_or_path
-        critic_tok = load_tokenizer(critic_path, padding_side="left")
-        if critic_tok.get_vocab() != actor_tok.get_vocab():
-            raise ValueError(
-                f"the critic ({critic_path}) must share the actor's tokenizer: its values are read per actor token. "
-                "Set reward_critic_model_name_or_path to a checkpoint with the actor's vocabulary (e.g. the SFT model)"
-            )
-        critic = strategy.create_model(
-            (lambda: critic_pipe(critic_path, args, model_args)) if pipeline else lambda: _with_lora(load_score_model(
-                critic_path, score_type="critic", recompute=bool(args.critic_value("recompute")),
-                recompute_granularity=model_args.critic_recompute_granularity,
-                use_flash_attention=model_args.use_flash_attention, vocab_size=len(actor_tok), allow_new_head=True,
-                head_seed=args.seed,  # the same new head under every layout
-            ), model_args, args.seed, critic_path, model_args.critic_lora),
-            role="critic",
-            trainable=True,
-        )
+        critic = _critic(critic_path, "reward_critic_model_name_or_path", args, model_args, strategy, actor_tok,
+                         pipeline)
+        if cost_path is not None or with_cost_fn:  # PPO-Lagrangian: a cost critic next to the critic
+            cost_critic = _critic(model_args.cost_critic_model_name_or_path or cost_path or critic_path,
+                                  "cost_critic_model_name_or_path", args, model_args, strategy, actor_tok, pipeline,
+                                  role="cost_critic")
     models = PPOModels(
         actor=actor, reference=reference, actor_tokenizer=actor_tok, critic=critic,
-        reward_model=reward_model, reward_tokenizer=reward_tok,
+        reward_model=reward_model, reward_tokenizer=reward_tok, cost_model=cost_model, cost_tokenizer=cost_tok,
+        cost_critic=cost_critic,
     )
     if pipeline:
         from alignment.models.pipeline import generation_copy
@@ -141,6 +134,7 @@ def build_models(
         mode = args.eval_mode or "tensor_parallel"
         models.actor_copy = generation_copy(actor, mode, score=False)
         models.critic_copy = generation_copy(critic, mode, score=True) if critic is not None else None
+        models.cost_critic_copy = generation_copy(cost_critic, mode, score=True) if cost_critic is not None else None
     report = placement(models, strategy)
     if strategy.is_main_process and args.output_dir:
         import os
@@ -150,6 +144,43 @@ def build_models(
         os.makedirs(args.output_dir, exist_ok=True)
         atomic_write_json(os.path.join(args.output_dir, "placement.json"), report)
     return models
+
+
+def _frozen_score_model(path: str, score_type: str, strategy: ParallelStrategy, pipeline: bool, flash: bool):
+    """(frozen reward or cost model, its tokenizer); pipeline stages under pipeline parallelism."""
+    from alignment.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(path, padding_side="right", ensure_pad=False)
+    if pipeline:
+        from alignment.models.pipeline import frozen_score_model_pipe
+
+        return frozen_score_model_pipe(path, strategy, dtype="float32", use_flash_attention=flash), tokenizer
+    model = strategy.create_model(lambda: load_score_model(path, score_type=score_type, use_flash_attention=flash),
+                                  role=score_type, trainable=False)
+    return model, tokenizer
+
+
+def _critic(critic_path: str, flag: str, args: PPOArguments, model_args: ModelArgument, strategy: ParallelStrategy,
+            actor_tok, pipeline: bool, role: str = "critic"):
+    """A trainable critic (the reward critic, or the cost critic of PPO-Lagrangian) from ``critic_path``."""
+    from alignment.models.loading import load_tokenizer
+
+    critic_tok = load_tokenizer(critic_path, padding_side="left")
+    if critic_tok.get_vocab() != actor_tok.get_vocab():
+        raise ValueError(
+            f"the critic ({critic_path}) must share the actor's tokenizer: its values are read per actor token. "
+            f"Set {flag} to a checkpoint with the actor's vocabulary (e.g. the SFT model)"
+        )
+    return strategy.create_model(
+        (lambda: critic_pipe(critic_path, args, model_args)) if pipeline else lambda: _with_lora(load_score_model(
+            critic_path, score_type="critic", recompute=bool(args.critic_value("recompute")),
+            recompute_granularity=model_args.critic_recompute_granularity,
+            use_flash_attention=model_args.use_flash_attention, vocab_size=len(actor_tok), allow_new_head=True,
+            head_seed=args.seed,  # the same new head under every layout
+        ), model_args, args.seed, critic_path, model_args.critic_lora),
+        role=role,
+        trainable=True,
+    )
 
 
 def _with_lora(model, model_args: ModelArgument, seed: int, path: str, enabled: bool):
@@ -172,7 +203,7 @@ def placement(models: PPOModels, strategy: ParallelStrategy) -> dict:
     from alignment.models.pipeline import is_pipeline_model
 
     out = {"layout": strategy.describe(), "models": {}}
-    for role in ("actor", "critic", "reference", "reward_model"):
+    for role in ("actor", "critic", "reference", "reward_model", "cost_model", "cost_critic"):
         model = getattr(models, role)
         if model is None:
             continue
@@ -185,7 +216,7 @@ def placement(models: PPOModels, strategy: ParallelStrategy) -> dict:
             where = "pipeline stages"
         elif shards is not None:
             where = "stage3 shards"
-        elif role in ("actor", "critic") and strategy.sharding_parallel_degree > 1:
+        elif role in ("actor", "critic", "cost_critic") and strategy.sharding_parallel_degree > 1:
             where = f"sharding {strategy.sharding} (wrapped with its optimizer)"
         elif strategy.tensor_parallel_degree > 1:
             where = "tensor parallel"

@@ -11,6 +11,12 @@ Rule-based rewards by name (no reward model needed; several combine with reward_
 
     python alignment/ppo/run_ppo.py config/llama/tiny/grpo_argument.json --reward_funcs accuracy format
 
+Safe RLHF (PPO-Lagrangian): give a cost model (``alignment/rm`` with ``score_type cost``); the run keeps the mean
+episode cost under ``threshold`` with a Lagrange multiplier (``lambda_*`` options) and also writes
+``output_dir/cost_value`` (the cost critic)::
+
+    python alignment/ppo/run_ppo.py config/llama/tiny/ppo_lag_argument.json
+
 Programmatic use with a Python reward (no reward model)::
 
     from alignment.ppo.run_ppo import main
@@ -49,8 +55,9 @@ def build_datasets(data_args, args, actor_tokenizer):
     return train, evald, ptx
 
 
-def build_trainer(model_args, data_args, args, *, reward_fn=None, strategy=None):
-    """Strategy, models and datasets -> a ready ``PPOTrainer``."""
+def build_trainer(model_args, data_args, args, *, reward_fn=None, strategy=None, cost_fn=None):
+    """Strategy, models and datasets -> a ready ``PPOTrainer`` (a ``cost_fn`` or ``cost_model_name_or_path``:
+    PPO-Lagrangian)."""
     import paddle
 
     from alignment.parallel import ParallelStrategy
@@ -59,26 +66,28 @@ def build_trainer(model_args, data_args, args, *, reward_fn=None, strategy=None)
     from alignment.ppo.models import build_models
     from alignment.ppo.trainer import PPOTrainer
 
-    check_consistency(model_args, data_args, args, has_reward_fn=reward_fn is not None)
+    check_consistency(model_args, data_args, args, has_reward_fn=reward_fn is not None,
+                      has_cost_fn=cost_fn is not None)
     strategy = strategy or ParallelStrategy.from_args(args).init()
     paddle.seed(args.seed)  # same initialisation on every rank (a new critic head, for instance)
     # a Python reward_fn replaces the reward model; reward_funcs combine with it when both are given
     with_rm = reward_fn is None and model_args.reward_model_name_or_path is not None
-    models = build_models(model_args, data_args, args, strategy, with_reward_model=with_rm)
+    models = build_models(model_args, data_args, args, strategy, with_reward_model=with_rm,
+                          with_cost_model=cost_fn is None, with_cost_fn=cost_fn is not None)
     train, evald, ptx = build_datasets(data_args, args, models.actor_tokenizer)
     return PPOTrainer(
         args, models=models, strategy=strategy, train_dataset=train, reward_fn=reward_fn,
-        eval_dataset=evald, ptx_dataset=ptx, max_length=data_args.max_length,
+        eval_dataset=evald, ptx_dataset=ptx, max_length=data_args.max_length, cost_fn=cost_fn,
     )
 
 
-def main(argv: Optional[List[str]] = None, *, reward_fn=None):
+def main(argv: Optional[List[str]] = None, *, reward_fn=None, cost_fn=None):
     from alignment.utils.cli import parse_args
 
     from alignment.ppo.config import DataArgument, ModelArgument, PPOArguments
 
     model_args, data_args, args = parse_args([ModelArgument, DataArgument, PPOArguments], argv)
-    trainer = build_trainer(model_args, data_args, args, reward_fn=reward_fn)
+    trainer = build_trainer(model_args, data_args, args, reward_fn=reward_fn, cost_fn=cost_fn)
     if args.do_train:
         return trainer.train()
     return trainer.evaluate()

@@ -11,6 +11,13 @@ One *step* = one rollout batch of ``per_device_prompt_batch_size`` prompts per r
 then the metrics of the step are averaged over ranks and logged; evaluation and checkpoints follow
 ``eval_steps`` / ``save_steps``. Each phase is timed (``time_generation`` ... ``time_update``).
 GRPO, Dr.GRPO, RLOO and REINFORCE++ are the same loop with another estimator and no critic.
+
+PPO-Lagrangian (Safe RLHF, arXiv 2310.12773) is on when a cost model (``cost_model_name_or_path``) or a
+``cost_fn`` is given, under any rl_algorithm: the experience phase adds the episode costs and the cost critic's
+values (critic-based algorithms), the advantage phase computes cost advantages with the same estimator, moves
+λ (``alignment.algorithms.lagrangian.LagrangeMultiplier``, on every rank's episode costs) and gives the actor
+(A_r - λ·A_c) / (1 + λ); the update phase trains the cost critic after the critic. Logged per step:
+``lambda``, ``episode_cost``, ``episode_cost_window``, ``unsafe_share`` (cost > 0), ``reward`` (also plotted).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from alignment.rollout import (
 )
 
 from . import checkpoint
-from .advantages import RewardNormalizer, compute_advantages
+from .advantages import RewardNormalizer, compute_advantages, lagrangian_advantages_step
 from .collect import RewardScorer, RolloutCollector, evaluate_rewards, finish_experience
 from .config import PPOArguments
 from .feeding import BatchStream
@@ -58,6 +65,10 @@ class PPOModels:
     reward_tokenizer: Any = None  # when it differs from the actor's, rollouts are re-tokenised
     actor_copy: Any = None  # pipeline parallel: GenerationCopy of the actor (rollout, old log-probs)
     critic_copy: Any = None  # pipeline parallel: GenerationCopy of the critic (values)
+    cost_model: Optional[paddle.nn.Layer] = None  # PPO-Lagrangian: frozen cost model (cost > 0 = unsafe)
+    cost_tokenizer: Any = None  # when it differs from the actor's, rollouts are re-tokenised for it
+    cost_critic: Optional[paddle.nn.Layer] = None  # PPO-Lagrangian with a critic-based algorithm: trainable, wrapped
+    cost_critic_copy: Any = None  # pipeline parallel: GenerationCopy of the cost critic
 
 
 class PPOTrainer:
@@ -74,17 +85,31 @@ class PPOTrainer:
         eval_dataset: Any = None,
         ptx_dataset: Any = None,
         max_length: Optional[int] = None,
+        cost_fn: Optional[RewardFn] = None,
     ):
         self.args = args
         self.strategy = strategy or ParallelStrategy.current()
         self.m = models
         self.reward_fn = reward_fn
-        _check_models(args, models, reward_fn)
+        self.cost_fn = cost_fn
+        _check_models(args, models, reward_fn, cost_fn)
+        self.lagrange = None
+        if models.cost_model is not None or cost_fn is not None:  # PPO-Lagrangian
+            from alignment.algorithms.lagrangian import LagrangeMultiplier
+
+            self.lagrange = LagrangeMultiplier(
+                lambda_init=args.lambda_init, lr=args.lambda_lr, threshold=args.threshold, lambda_max=args.lambda_max,
+                delay_steps=args.lambda_update_delay_steps, window_size=args.episode_cost_window_size)
         set_use_fusemt(args.use_fusemt)  # fused log-probs (alignment.ops) for experience and updates
         self.generation_config = _generation_config(args, models.actor_tokenizer, max_length)
         self.retokenizer = (
             Retokenizer(models.actor_tokenizer, models.reward_tokenizer, max_length)
             if models.reward_model is not None and Retokenizer.needed(models.actor_tokenizer, models.reward_tokenizer)
+            else None
+        )
+        self.cost_retokenizer = (
+            Retokenizer(models.actor_tokenizer, models.cost_tokenizer, max_length)
+            if models.cost_model is not None and Retokenizer.needed(models.actor_tokenizer, models.cost_tokenizer)
             else None
         )
         self.collector = RolloutCollector(
@@ -100,6 +125,11 @@ class PPOTrainer:
             if models.critic is not None
             else None
         )
+        self.cost_critic_optimizer = (
+            self._optimizer(models.cost_critic, ScheduleSpec.from_args(args, opt_steps, critic=True), critic=True)
+            if models.cost_critic is not None
+            else None
+        )
         # tensor / sharding layouts wrap a trainable model together with its optimizer
         gas = args.gradient_accumulation_steps
         # pipeline parallel with ptx: a ptx micro-batch follows each rollout micro-batch in one train_batch
@@ -109,12 +139,15 @@ class PPOTrainer:
         if models.critic is not None:
             models.critic, self.critic_optimizer = self.strategy.wrap_model_and_optimizer(
                 models.critic, self.critic_optimizer, accumulate_steps=gas)
+        if models.cost_critic is not None:
+            models.cost_critic, self.cost_critic_optimizer = self.strategy.wrap_model_and_optimizer(
+                models.cost_critic, self.cost_critic_optimizer, accumulate_steps=gas)
         self.updater = PPOUpdater(
             models.actor, self.actor_optimizer,
             critic=models.critic, critic_optimizer=self.critic_optimizer,
             settings=LossSettings.from_args(args), micro_batch_size=args.per_device_train_batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps, update_iters=args.update_iters,
-            strategy=self.strategy,
+            strategy=self.strategy, cost_critic=models.cost_critic, cost_critic_optimizer=self.cost_critic_optimizer,
         )
         # offload_level's schedule and the per-step memory report (alignment/ppo/memory.py)
         self.phases = PhaseTracker.build(args, models, self.actor_optimizer, self.critic_optimizer, self.strategy)
@@ -128,7 +161,8 @@ class PPOTrainer:
         from alignment.utils.guards import NonFiniteGuard, guard_optimizer
 
         self.guard = NonFiniteGuard(getattr(args, "max_nonfinite_steps", 3), args.output_dir, self.strategy)
-        for name, opt in (("actor", self.actor_optimizer), ("critic", self.critic_optimizer)):
+        for name, opt in (("actor", self.actor_optimizer), ("critic", self.critic_optimizer),
+                          ("cost_critic", self.cost_critic_optimizer)):
             if opt is not None:
                 guard_optimizer(opt, self.guard, lambda: self.global_step + 1, name=name)
 
@@ -184,11 +218,32 @@ class PPOTrainer:
         if self.m.actor_copy is None or not self._copies_stale:
             return
         stats = self.m.actor_copy.refresh()
-        if self.m.critic_copy is not None:
-            more = self.m.critic_copy.refresh()
-            stats = {k: stats[k] + more[k] for k in stats}
+        for copy in (self.m.critic_copy, self.m.cost_critic_copy):
+            if copy is not None:
+                more = copy.refresh()
+                stats = {k: stats[k] + more[k] for k in stats}
         self._reshard_stats = stats
         self._copies_stale = False
+
+    def cost_experience(self, exp, rollout: RolloutBatch):
+        """PPO-Lagrangian: the episode costs (cost model or cost_fn) and the cost critic's values of ``exp``."""
+        from alignment.rollout import reward_scores
+        from alignment.rollout.experience import map_micro_batches, scores_response_values
+
+        costs = reward_scores(rollout, reward_model=self.m.cost_model, reward_fn=self.cost_fn,
+                              retokenizer=self.cost_retokenizer, micro_batch_size=self.args.experience_batch_size)
+        values = None
+        if self.m.cost_critic is not None:
+            self._refresh_copies()
+            critic = (self.m.cost_critic_copy.model if self.m.cost_critic_copy is not None
+                      else self.strategy.unwrap(self.m.cost_critic))
+            mask, p = exp.response_mask, exp.prompt_length
+            with paddle.no_grad():
+                values = map_micro_batches(
+                    critic, lambda scores, sl: scores_response_values(
+                        scores[..., 0] if scores.ndim == 3 else scores, p, mask[sl]),
+                    exp.sequences, exp.attention_mask, exp.position_ids, self.args.experience_batch_size)
+        return exp.replace(cost_scores=costs.astype("float32"), cost_values=values)
 
     def experience(self, rollout: RolloutBatch, scores: Optional[paddle.Tensor] = None):
         return make_experience(
@@ -213,6 +268,8 @@ class PPOTrainer:
         t1 = time.perf_counter()
         self.phases.enter("experience")
         exp, extras = finish_experience(self.experience(rollout.batch, rollout.scores), rollout, a)
+        if self.lagrange is not None:
+            exp = self.cost_experience(exp, rollout.batch)
         t2 = time.perf_counter()
         reward = float(exp.scores.astype("float32").mean())
         if self.guard.check(self.global_step + 1, what="update", reward=reward):  # before the normaliser sees it
@@ -226,6 +283,11 @@ class PPOTrainer:
             scale_by_batch_std=grpo_scaled and a.scale_rewards == "batch",
         )
         metrics.update(collected, **extras)
+        if self.lagrange is not None:
+            exp, cost_metrics = lagrangian_advantages_step(
+                exp, self.lagrange, estimator="dr_grpo" if grpo_scaled else a.advantage_estimator, args=a,
+                strategy=self.strategy, scale_by_batch_std=grpo_scaled and a.scale_rewards == "batch")
+            metrics.update(cost_metrics)
         t3 = time.perf_counter()
         kl = metrics.get("kl_divergence")
         if self.guard.check(self.global_step + 1, what="update", kl=kl):
@@ -298,7 +360,10 @@ class PPOTrainer:
             checkpoint.rotate(a.output_dir, a.save_total_limit, s)
         checkpoint.save_final(self, a.output_dir)
         if s.is_main_process:
-            plot_curves(a.output_dir)
+            keys = ("reward", "kl_divergence")
+            if self.lagrange is not None:
+                keys += ("episode_cost", "lambda", "unsafe_share")
+            plot_curves(a.output_dir, keys=keys)
         s.barrier()
         return last
 
@@ -328,12 +393,20 @@ def _scorer(args: PPOArguments, models: PPOModels, reward_fn, retokenizer) -> Re
         terms=terms, tokenizer=models.actor_tokenizer, reward_model=models.reward_model, reward_fn=reward_fn,
         model_weight=model_weight, fn_weight=fn_weight, retokenizer=retokenizer,
         micro_batch_size=args.experience_batch_size, max_dec_len=args.max_dec_len,
-        overlong_buffer_len=args.overlong_buffer_len, overlong_penalty_factor=args.overlong_penalty_factor)
+        overlong_buffer_len=args.overlong_buffer_len, overlong_penalty_factor=args.overlong_penalty_factor,
+        granularity=args.reward_granularity)
 
 
-def _check_models(args: PPOArguments, models: PPOModels, reward_fn) -> None:
+def _check_models(args: PPOArguments, models: PPOModels, reward_fn, cost_fn=None) -> None:
     if models.reward_model is None and reward_fn is None and not args.reward_funcs:
         raise ValueError("PPOTrainer: give a reward model, a reward_fn or reward_funcs")
+    if models.cost_model is not None and cost_fn is not None:
+        raise ValueError("PPOTrainer: give a cost model or a cost_fn, not both")
+    lagrangian = models.cost_model is not None or cost_fn is not None
+    if lagrangian and args.use_critic and models.cost_critic is None:
+        raise ValueError(f"PPO-Lagrangian with rl_algorithm='{args.rl_algorithm}' needs a cost critic model")
+    if models.cost_critic is not None and not (lagrangian and args.use_critic):
+        raise ValueError("a cost critic needs a cost model (or cost_fn) and a critic-based rl_algorithm")
     if args.use_critic and models.critic is None:
         raise ValueError(f"rl_algorithm='{args.rl_algorithm}' needs a critic model")
     if not args.use_critic and models.critic is not None:

@@ -10,7 +10,8 @@ the offload schedule keeps one model with its optimizer states resident at a tim
    dapo: every token of the optimizer step over all ranks, ``_set_step_tokens``);
 2. ptx (when a ptx iterator is given): ptx_coeff x token-mean NLL of one supervised micro-batch,
    accumulated into the same actor optimizer step (as PaddleNLP does);
-3. critic (PPO): registry "value"["clipped"] clipped value loss.
+3. critic (PPO): registry "value"["clipped"] clipped value loss; with a cost critic (PPO-Lagrangian) the same
+   loss on the cost values / cost returns, right after the critic's passes (metrics ``cost_critic_*``).
 Every ``gradient_accumulation_steps`` micro-batches each optimizer takes a step and its schedule advances.
 Gradients are averaged over data-parallel ranks by the wrapped models during ``backward``.
 
@@ -91,6 +92,15 @@ class _MicroBatch:
     prompt_length: int = 0
 
 
+def _cost_view(mb: Experience) -> Experience:
+    """The micro-batch as the cost critic sees it: its values and returns are the cost ones."""
+    return mb.replace(values=mb.cost_values, returns=mb.cost_returns)
+
+
+def _prefixed(metrics: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    return {prefix + k: v for k, v in metrics.items()} if prefix else metrics
+
+
 def _criterion(model):
     from alignment.parallel import unwrap_model
 
@@ -149,9 +159,13 @@ class PPOUpdater:
         gradient_accumulation_steps: int = 1,
         update_iters: int = 1,
         strategy=None,
+        cost_critic: Optional[paddle.nn.Layer] = None,
+        cost_critic_optimizer: Optional[paddle.optimizer.Optimizer] = None,
     ):
-        if (critic is None) != (critic_optimizer is None):
-            raise ValueError("PPOUpdater: give the critic together with its optimizer")
+        if (critic is None) != (critic_optimizer is None) or (cost_critic is None) != (cost_critic_optimizer is None):
+            raise ValueError("PPOUpdater: give each critic together with its optimizer")
+        self.cost_critic, self.cost_critic_optimizer = cost_critic, cost_critic_optimizer
+        self._pp_prefix = ""  # pipeline parallel: "cost_" while the cost critic trains
         self.actor, self.actor_optimizer = actor, actor_optimizer
         self.critic, self.critic_optimizer = critic, critic_optimizer
         self.s = settings
@@ -160,7 +174,7 @@ class PPOUpdater:
         self.update_iters = update_iters
         self.policy_fn = registry.get("policy", settings.policy_loss)
         self._step_tokens: Optional[float] = None  # loss_type dapo: tokens of the optimizer step / (world x gas)
-        self.value_fn = registry.get("value", "clipped") if critic is not None else None
+        self.value_fn = registry.get("value", "clipped") if critic is not None or cost_critic is not None else None
         self.strategy = strategy
         self.phase_hook: Callable[[str], None] = lambda phase: None  # the trainer's offload schedule
         self.pipeline = strategy is not None and strategy.pipeline_parallel_degree > 1
@@ -171,6 +185,8 @@ class PPOUpdater:
             _criterion(actor).fn = self._pipeline_actor_loss
             if critic is not None:
                 _criterion(critic).fn = self._pipeline_critic_loss
+            if cost_critic is not None:
+                _criterion(cost_critic).fn = self._pipeline_critic_loss
 
     # ------------------------------------------------------------------ losses
     def actor_loss(self, mb: Experience):
@@ -248,9 +264,9 @@ class PPOUpdater:
             world = self.strategy.data_parallel_world_size
         self._step_tokens = max(float(tokens[0]), 1.0) / (world * self.gas)
 
-    def critic_loss(self, mb: Experience):
+    def critic_loss(self, mb: Experience, critic: Optional[paddle.nn.Layer] = None):
         values = response_values(
-            self.critic, mb.sequences, mb.attention_mask, mb.position_ids, mb.prompt_length, mb.response_mask
+            critic if critic is not None else self.critic, mb.sequences, mb.attention_mask, mb.position_ids, mb.prompt_length, mb.response_mask
         )
         return self.critic_loss_from_values(values, mb)
 
@@ -270,10 +286,13 @@ class PPOUpdater:
             raise ValueError("update: compute advantages before updating (exp.advantages is None)")
         if self.critic is not None and (exp.values is None or exp.returns is None):
             raise ValueError("update: the critic needs exp.values and exp.returns")
+        if self.cost_critic is not None and (exp.cost_values is None or exp.cost_returns is None):
+            raise ValueError("update: the cost critic needs exp.cost_values and exp.cost_returns")
         sums: Dict[str, List[float]] = defaultdict(list)
         self.actor.train()
-        if self.critic is not None:
-            self.critic.train()
+        for model in (self.critic, self.cost_critic):
+            if model is not None:
+                model.train()
         micro = exp.split(self.micro_batch_size)
         if self.pipeline:
             return self._update_pipeline(micro, ptx_batches)
@@ -302,10 +321,24 @@ class PPOUpdater:
                     if (k + 1) % self.gas == 0:
                         self._step(self.critic_optimizer)
                     _collect(sums, cmetrics)
+        if self.cost_critic is not None:  # the cost critic's passes, in the critic's phase
+            self.phase_hook("update_critic")
+            for _ in range(self.update_iters):
+                for k, mb in enumerate(micro):
+                    closs, cmetrics = self.critic_loss(_cost_view(mb), self.cost_critic)
+                    (closs / self.gas).backward()
+                    if (k + 1) % self.gas == 0:
+                        self._step(self.cost_critic_optimizer)
+                    _collect(sums, _prefixed(cmetrics, "cost_"))
+        return self._finish(sums)
+
+    def _finish(self, sums: Dict[str, List[float]]) -> Dict[str, float]:
         out = {k: sum(v) / len(v) for k, v in sums.items()}
         out["actor_lr"] = float(self.actor_optimizer.get_lr())
         if self.critic_optimizer is not None:
             out["critic_lr"] = float(self.critic_optimizer.get_lr())
+        if self.cost_critic_optimizer is not None:
+            out["cost_critic_lr"] = float(self.cost_critic_optimizer.get_lr())
         return out
 
     # ------------------------------------------------------------------ pipeline parallel
@@ -329,7 +362,7 @@ class PPOUpdater:
         mb = _MicroBatch(response_mask=response_mask, values=values, returns=returns)
         loss, metrics = self.critic_loss_from_values(
             scores_response_values(scores, self._prompt_length, response_mask), mb)
-        self._pp_metrics.append({k: float(v.astype("float32").mean()) for k, v in metrics.items()})
+        self._pp_metrics.append({self._pp_prefix + k: float(v.astype("float32").mean()) for k, v in metrics.items()})
         return loss
 
     def _update_pipeline(self, micro: List[Experience], ptx_batches=None) -> Dict[str, float]:
@@ -369,27 +402,29 @@ class PPOUpdater:
                 labels = tuple(list(c) for c in columns[3:])
                 self.actor.train_batch(cycle_inputs(inputs, labels), self.actor_optimizer)
                 _advance_schedule(self.actor_optimizer)
-        if self.critic is not None:  # the rollout micro-batches only
+        # the rollout micro-batches only; the cost critic (PPO-Lagrangian) on the cost values / returns
+        for critic, optimizer, prefix in ((self.critic, self.critic_optimizer, ""),
+                                          (self.cost_critic, self.cost_critic_optimizer, "cost_")):
+            if critic is None:
+                continue
             self.phase_hook("update_critic")
+            self._pp_prefix = prefix
             for _ in range(self.update_iters):
                 for g in range(0, len(micro), self.gas):
-                    group = micro[g:g + self.gas]
+                    group = [_cost_view(mb) for mb in micro[g:g + self.gas]] if prefix else micro[g:g + self.gas]
                     inputs = ([mb.sequences for mb in group], [mb.attention_mask.astype("bool") for mb in group],
                               [mb.position_ids for mb in group])
                     labels = ([mb.response_mask for mb in group], [mb.values for mb in group],
                               [mb.returns for mb in group])
-                    self.critic.train_batch(cycle_inputs(inputs, labels), self.critic_optimizer)
-                    _advance_schedule(self.critic_optimizer)
+                    critic.train_batch(cycle_inputs(inputs, labels), optimizer)
+                    _advance_schedule(optimizer)
+            self._pp_prefix = ""
         records = self.strategy.broadcast_from_last_stage(self._pp_metrics)
         sums: Dict[str, List[float]] = defaultdict(list)
         for record in records:
             for key, v in record.items():
                 sums[key].append(v)
-        out = {k: sum(v) / len(v) for k, v in sums.items()}
-        out["actor_lr"] = float(self.actor_optimizer.get_lr())
-        if self.critic_optimizer is not None:
-            out["critic_lr"] = float(self.critic_optimizer.get_lr())
-        return out
+        return self._finish(sums)
 
     @staticmethod
     def _step(optimizer: paddle.optimizer.Optimizer) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "response_logps",
     "response_values",
     "reward_scores",
+    "token_reward_scores",
     "concat_rollouts",
     "map_micro_batches",
 ]
@@ -75,6 +76,12 @@ class Experience:
     prompts: Optional[List[str]] = None  # (N,) prompt texts, when known
     answers: Optional[List[Any]] = None  # (N,) reference answers, when known
     rollout_logps: Optional[paddle.Tensor] = None  # (N, R) float32: the sampler's log-probs (/ temperature), 0 on pads
+    dense_rewards: Optional[paddle.Tensor] = None  # (N, R) float32: per-token rewards (reward_granularity token)
+    # PPO-Lagrangian (Safe RLHF): the cost model's episode costs, the cost critic's values, the cost returns
+    cost_scores: Optional[paddle.Tensor] = None  # (N,) float32: raw cost (> 0 reads as unsafe)
+    cost_values: Optional[paddle.Tensor] = None  # (N, R) float32: cost-critic values at rollout time
+    cost_advantages: Optional[paddle.Tensor] = None  # (N, R) float32
+    cost_returns: Optional[paddle.Tensor] = None  # (N, R) float32
 
     def __len__(self) -> int:
         return int(self.sequences.shape[0])
@@ -327,6 +334,39 @@ def reward_scores(
         return paddle.take_along_axis(_scores_2d(scores), end[sl].unsqueeze(-1), axis=-1).squeeze(-1)
 
     return map_micro_batches(reward_model, at_end, ids, mask, pos, micro_batch_size)
+
+
+def token_reward_scores(
+    rollout: RolloutBatch,
+    *,
+    reward_model: Optional[paddle.nn.Layer] = None,
+    reward_fn: Optional[RewardFn] = None,
+    micro_batch_size: int = 8,
+) -> paddle.Tensor:
+    """Per-token rewards (N, R) float32, response-aligned, 0 on pads (``reward_granularity: token``).
+
+    A reward model (token-wise, with the actor's tokenizer) gives column j the score at position P + j, i.e.
+    after reading response token j; a ``reward_fn`` must return (N, R) values itself (a list, array or tensor).
+    """
+    if (reward_model is None) == (reward_fn is None):
+        raise ValueError("token_reward_scores: give exactly one of reward_model or reward_fn")
+    mask = rollout.response_mask.astype("float32")
+    n, width = int(mask.shape[0]), int(mask.shape[1])
+    if reward_fn is not None:
+        values = reward_fn(rollout.sequences, rollout.attention_mask, rollout.prompts, rollout.answers,
+                           **_extra_kwargs(reward_fn, rollout))
+        values = paddle.to_tensor(values, dtype="float32") if not isinstance(values, paddle.Tensor) else values
+        if list(values.shape) != [n, width]:
+            raise ValueError(f"reward_granularity='token': the reward function must return per-token values of shape "
+                             f"(N, R) = ({n}, {width}); got {list(values.shape)}")
+        return values.astype("float32") * mask
+    p = rollout.prompt_length
+
+    def window(scores, sl):
+        return _scores_2d(scores)[:, p: p + width] * mask[sl]
+
+    return map_micro_batches(reward_model, window, rollout.sequences, rollout.attention_mask, rollout.position_ids,
+                             micro_batch_size)
 
 
 def make_experience(

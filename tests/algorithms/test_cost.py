@@ -109,7 +109,7 @@ def test_lambda_update_matches_loop_reference_and_resumes():
         metrics = lag.update(costs)
         window = (window + costs)[-5:]
         if step > 2:
-            log_lam = min(log_lam + 0.3 * math.exp(log_lam) * (sum(window) / len(window) - 0.2), math.log(2.0))
+            log_lam = min(max(log_lam + 0.3 * (sum(window) / len(window) - 0.2), -20.0), math.log(2.0))
         lams.append(math.exp(log_lam))
         assert metrics["lambda"] == pytest.approx(math.exp(log_lam), rel=1e-12)
         assert metrics["episode_cost_window"] == pytest.approx(sum(window) / len(window))
