@@ -132,7 +132,9 @@ def test_policy_loss_and_loss_type_match_the_pure_function(tmp_path, tiny_model_
         assert "kl_loss" in rec and "entropy" in rec
 
 
-def test_dynamic_sampling_drops_refills_and_counts(tmp_path, tiny_model_dir, prompts_file, monkeypatch):
+@pytest.fixture
+def experiences(monkeypatch):
+    """Every Experience the updater receives (advantages filled in by the trainer's own step)."""
     seen = []
     original = updates.PPOUpdater.update
 
@@ -141,6 +143,11 @@ def test_dynamic_sampling_drops_refills_and_counts(tmp_path, tiny_model_dir, pro
         return original(self, exp, ptx)
 
     monkeypatch.setattr(updates.PPOUpdater, "update", spy)
+    return seen
+
+
+def test_dynamic_sampling_drops_refills_and_counts(tmp_path, tiny_model_dir, prompts_file, experiences):
+    seen = experiences
     # 3 of 4 prompts have constant rewards: batches of 2 prompts rarely give 2 signal groups at once
     main(_cli(tmp_path / "ds", tiny_model_dir, prompts_file, "--dynamic_sampling", "true", "--max_gen_batches", "8",
               "--max_steps", "2", "--reward_funcs", "tests.stages.test_grpo:constant_for_same_reward"))
