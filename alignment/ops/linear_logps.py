@@ -91,9 +91,10 @@ class _LinearLogps(PyLayer):
             with paddle.no_grad():
                 if need_h:  # d hidden = dz @ W^T  (W: (H, V)) or dz @ W  (W: (V, H))
                     grad_h[s : s + chunk] = paddle.matmul(dz, weight, transpose_y=not transpose_y)
-                if need_w:  # d W = h^T @ dz  (H, V)  or dz^T @ h  (V, H)
-                    grad_w += paddle.matmul(dz, h, transpose_x=True) if transpose_y else paddle.matmul(
-                        h, dz, transpose_x=True)
+                if need_w:  # d W = h^T @ dz  (H, V)  or dz^T @ h  (V, H); in place: one (H, V) buffer
+                    grad_w.add_(paddle.matmul(dz, h, transpose_x=True) if transpose_y
+                                else paddle.matmul(h, dz, transpose_x=True))
+            del z, lp, dz
         return grad_h, grad_w
 
 
