@@ -68,26 +68,31 @@ def load_score_model(model_args: RewardModelArguments, training_args, tokenizer=
 
 
 def score_pipeline_model(model_args: RewardModelArguments, reward_args, training_args):
-    """The score model as pipeline stages whose last stage computes the pair loss."""
+    """The score model as pipeline stages whose last stage computes the pair loss (cost models: the cost loss
+    on safer / unsafer rows with their safety signs as labels)."""
     from functools import partial
 
     from alignment.models import resolve_dtype
     from alignment.models.pipeline import load_score_model_pipe, pipeline_inputs, stack_pairs
     from alignment.models.score_model import has_score_head, normalizer_tensors
-    from alignment.rm.trainer import PIPELINE_LABELS, pair_loss_criterion
+    from alignment.rm.trainer import COST_PIPELINE_LABELS, PIPELINE_LABELS, cost_loss_criterion, pair_loss_criterion
 
     path = model_args.model_name_or_path
     if not model_args.init_score_head and not has_score_head(path):
         raise ValueError(f"'{path}' has no score head; pass --init_score_head true to start a new one")
     cfg = model_args.score_config()
-    model = load_score_model_pipe(path, criterion=pair_loss_criterion(reward_args),
+    cost = model_args.score_type == "cost"
+    criterion = cost_loss_criterion(reward_args) if cost else pair_loss_criterion(reward_args)
+    model = load_score_model_pipe(path, criterion=criterion,
                                   dtype=resolve_dtype(training_args), bias=cfg.bias,
                                   use_flash_attention=model_args.use_flash_attention,
                                   recompute=training_args.recompute)
     model.score_config = cfg
     model.frozen_state = normalizer_tensors(path, cfg)  # not trained under PP; saved with the weights
+    labels, transform = ((COST_PIPELINE_LABELS, partial(stack_pairs, first="safer", second="unsafer")) if cost
+                         else (PIPELINE_LABELS, stack_pairs))
     model._prepare_pipeline_inputs_func = partial(
-        pipeline_inputs, first=("input_ids", "attention_mask"), labels=PIPELINE_LABELS, transform=stack_pairs)
+        pipeline_inputs, first=("input_ids", "attention_mask"), labels=labels, transform=transform)
     return model
 
 
@@ -109,9 +114,6 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
         raise ValueError("lora in the reward-model stage runs without pipeline parallelism (set "
                          "pipeline_parallel_degree 1; tensor and data parallelism work)")
     cost = model_args.score_type == "cost"
-    if pipeline and cost:
-        raise ValueError("score_type cost trains without pipeline parallelism for now (set pipeline_parallel_degree "
-                         "1; tensor, sharding and data parallelism work)")
     if pipeline and model_args.normalize_score_during_training:
         raise ValueError("normalize_score_during_training needs the end scores of every rank in one place; it is "
                          "not available with pipeline_parallel_degree > 1 (set it false, or use tensor parallelism)")

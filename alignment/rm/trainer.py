@@ -16,6 +16,8 @@ Cost models (``score_type: cost``, Safe RLHF arXiv 2310.12773): the batches are 
 are ``accuracy`` (pair accuracy, c_unsafer > c_safer), ``sign_accuracy`` (the sign of each end cost matches its
 response's safety: > 0 unsafe, < 0 safe) and ``costs/*``; evaluation gathers [c_safer, c_unsafer, safety
 signs] of every pair and ``cost_eval_metrics`` gives ``eval_accuracy``, ``eval_sign_accuracy``, ``eval_costs/*``.
+Under pipeline parallelism the last stage's criterion is ``cost_loss_criterion`` (labels ``COST_PIPELINE_LABELS``:
+masks, ids and both safety signs) and its metrics / end costs reach every stage as the reward model's do.
 
 Saving writes ``ScoreModel.save_pretrained`` (config.json with the score fields, model_state.pdparams,
 value_head.safetensors) plus the tokenizer; ``resume_from_checkpoint`` restores the same state dict.
@@ -35,7 +37,8 @@ from alignment.rm.config import RewardArguments
 from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import MetricsLoggingMixin
 
-__all__ = ["RewardTrainer", "reward_metrics", "cost_eval_metrics", "pair_loss_criterion", "PIPELINE_LABELS"]
+__all__ = ["RewardTrainer", "reward_metrics", "cost_eval_metrics", "pair_loss_criterion", "PIPELINE_LABELS",
+           "cost_loss_criterion", "COST_PIPELINE_LABELS"]
 
 TRAINING_ARGS_NAME = "training_args.bin"
 
@@ -121,6 +124,48 @@ def pair_loss_criterion(reward_args: RewardArguments):
 
 PIPELINE_LABELS = ("chosen_attention_mask", "rejected_attention_mask", "chosen_input_ids", "rejected_input_ids",
                    "margin")
+
+
+def cost_loss_criterion(reward_args: RewardArguments):
+    """The cost-model loss (kind "cost") as the last pipeline stage's criterion.
+
+    The stage's output is the per-token costs (2B, L) of ``stack_pairs(..., "safer", "unsafer")`` rows; the labels
+    are ``COST_PIPELINE_LABELS`` (safer / unsafer masks, ids, safety signs). Training micro-batches append their
+    pair / sign metrics to ``criterion.metrics``, evaluation ones [c_safer, c_unsafer, safer sign, unsafer sign]
+    rows to ``criterion.end_scores`` (what ``cost_eval_metrics`` reads), as ``pair_loss_criterion`` does.
+    """
+    from alignment.models.pipeline import PipeCriterion
+
+    loss_fn = get_algorithm("cost", reward_args.loss_type)
+
+    def criterion(scores, labels):
+        safer_mask, unsafer_mask, safer_ids, unsafer_ids, safer_sign, unsafer_sign = labels
+        if scores.ndim == 3:
+            scores = scores[..., 0]
+        batch = safer_mask.shape[0]
+        loss, metrics = loss_fn(
+            scores[:batch], scores[batch:], safer_mask, unsafer_mask, safer_safety_sign=safer_sign,
+            unsafer_safety_sign=unsafer_sign, safer_ids=safer_ids, unsafer_ids=unsafer_ids,
+            regularization=reward_args.regularization,
+        )
+        if not scores.stop_gradient:  # training micro-batches: kept for logging (last stage only)
+            out.metrics.append({k: float(v) for k, v in metrics.items()})
+        else:  # evaluation: end costs and signs, for the exact eval metrics of ``cost_eval_metrics``
+            from alignment.models.score_model import last_index
+
+            cols = [paddle.take_along_axis(half, last_index(mask).unsqueeze(-1), axis=1).squeeze(-1)
+                    for half, mask in ((scores[:batch], safer_mask), (scores[batch:], unsafer_mask))]
+            cols += [safer_sign.astype(cols[0].dtype), unsafer_sign.astype(cols[0].dtype)]
+            out.end_scores.append(paddle.stack(cols, axis=-1).astype("float32").numpy())
+        return loss
+
+    out = PipeCriterion(criterion)
+    out.metrics, out.end_scores = [], []
+    return out
+
+
+COST_PIPELINE_LABELS = ("safer_attention_mask", "unsafer_attention_mask", "safer_input_ids", "unsafer_input_ids",
+                        "safer_safety_sign", "unsafer_safety_sign")
 
 
 class RewardTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
