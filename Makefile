@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/dpo_step.py --threads 2
 	$(PY) bench/dpo_step.py --threads 2 --fusemt off
 	$(PY) bench/logps.py --threads 2
+	$(PY) bench/logps.py --threads 2 --lm-head 512
 	$(PY) bench/rollout.py --threads 2
 	$(PY) bench/ppo_step.py
 	$(PY) bench/parallel.py

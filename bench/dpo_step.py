@@ -9,6 +9,14 @@ Not part of the test run.
     python bench/dpo_step.py                         # preset small, batch 4 pairs x 256 tokens
     python bench/dpo_step.py --preset 1b --batch-size 8 --seq-len 1024 --dtype bfloat16   # on a GPU
     python bench/dpo_step.py --fusemt off --threads 2   # log-probs on the pure-Paddle path (default: on)
+    python bench/dpo_step.py --threads 2 --compare --torch-python /path/to/venv/bin/python   # + HF/TRL
+
+``--fusemt on`` scores the policy and the reference with the chunked LM head (``linear_completion_logps``:
+the (N, L, V) logits are never held); ``off`` builds the logits and runs the pure-Paddle log-probs.
+``--compare`` times the same step on the same weights and batch in torch (``bench/_torch_peer.py dpo``:
+Hugging Face LlamaForCausalLM, TRL's ``selective_log_softmax`` as TRL's DPOTrainer uses it, sigmoid loss,
+AdamW) in a subprocess. Peak memory: the largest RSS growth during a timed step (both sides alike), next
+to the process's max RSS.
 """
 
 from __future__ import annotations
@@ -29,7 +37,11 @@ sys.path.insert(0, str(ROOT))
 from alignment import ops  # noqa: E402
 from alignment.algorithms.preference import PairLogps, preference_loss  # noqa: E402
 from alignment.training.logps import policy_pair_logps, reference_pair_logps  # noqa: E402
+from alignment.training.logps import concat_pair  # noqa: E402
 from alignment.utils.io import atomic_write_json  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from _compare import PeakRSS, run_peer, torch_python  # noqa: E402
 
 # name: (hidden, layers, heads, intermediate, vocab)
 PRESETS = {
@@ -92,6 +104,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--fusemt", choices=["on", "off"], default="on",
                         help="fused log-prob operator (alignment.ops) on or off")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (Paddle's default after import: 1)")
+    parser.add_argument("--peak-gflops", type=float, default=300.0, help="fp32 matmul peak, for the MFU column")
+    parser.add_argument("--compare", action="store_true", help="also time the step in torch (HF + TRL)")
+    parser.add_argument("--torch-python", default=None, help="a Python with torch + transformers (+ trl)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -127,12 +142,25 @@ def main(argv=None) -> dict:
         step()
     if device.startswith("gpu"):
         paddle.device.synchronize()
-    start = time.perf_counter()
+    elapsed, step_peak = 0.0, 0.0
     for _ in range(args.steps):
-        step()
-    if device.startswith("gpu"):
-        paddle.device.synchronize()
-    elapsed = time.perf_counter() - start
+        with PeakRSS() as mem:
+            start = time.perf_counter()
+            step()
+            if device.startswith("gpu"):
+                paddle.device.synchronize()
+            elapsed += time.perf_counter() - start
+        step_peak = max(step_peak, mem.peak)
+    peer = None
+    if args.compare:
+        python = torch_python(args.torch_python)
+        if python is None:
+            print("note: --compare without torch/transformers (give --torch-python): TRL is not timed")
+        else:
+            ids, mask, labels = concat_pair(batch, pad_token_id=3)
+            peer = run_peer(python, "dpo", reference, dict(
+                input_ids=ids.numpy().tolist(), attention_mask=mask.numpy().tolist(), labels=labels.numpy().tolist(),
+                threads=args.threads or 1, warmup=args.warmup, steps=args.steps))
 
     result = {
         "benchmark": "dpo_step",
@@ -150,14 +178,25 @@ def main(argv=None) -> dict:
         "steps": args.steps,
         "seconds_per_step": elapsed / args.steps,
         "tokens_per_s": tokens_per_step * args.steps / elapsed,
+        # policy forward + backward (6 N per token) and reference forward (2 N): attention FLOPs ignored
+        "mfu_pct": 100 * 8 * n_params * tokens_per_step * args.steps / elapsed / (args.peak_gflops * 1e9),
         "peak_memory_mib": peak_memory_mib(device),
         "peak_memory_kind": "GPU max allocated" if device.startswith("gpu") else "process max RSS",
+        "step_peak_rss_growth_mib": step_peak,
         "device": device,
         "cpu_threads": paddle.get_flags(["FLAGS_paddle_num_threads"]).get("FLAGS_paddle_num_threads")
         if hasattr(paddle, "get_flags") else None,
         "machine": platform.machine(),
         "paddle": paddle.__version__,
     }
+    if peer is not None:
+        result.update(torch_seconds_per_step=peer["seconds_per_step"],
+                      torch_tokens_per_s=tokens_per_step / peer["seconds_per_step"],
+                      torch_mfu_pct=100 * 8 * n_params * tokens_per_step / peer["seconds_per_step"]
+                      / (args.peak_gflops * 1e9),
+                      torch_step_peak_rss_growth_mib=peer["peak_rss_growth_mib"],
+                      torch_logps_function=peer["logps_function"], torch_version=peer["torch"],
+                      speedup_vs_torch=peer["seconds_per_step"] / (elapsed / args.steps))
     width = max(len(k) for k in result)
     print("-" * (width + 24))
     for key, value in result.items():

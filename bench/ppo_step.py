@@ -12,6 +12,10 @@ Not part of the test run.
     python bench/ppo_step.py                                  # preset tiny, 8 prompts x 2 samples
     python bench/ppo_step.py --preset small --steps 3
     python bench/ppo_step.py --preset 1b --prompts 16 --n 4 --new-tokens 256   # on a GPU
+    python bench/ppo_step.py --preset small --threads 2 --fusemt off   # the pure-Paddle paths (default: on)
+
+``--fusemt on`` (PPO's default) runs the lean fused decode step, the fused sampler and the fused log-probs;
+``off`` the model's own forward, the pure-Paddle sampler and log-probs.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def build(preset: str, workdir: Path):
                          bos_token_id=1, eos_token_id=2, pad_token_id=3, use_flash_attention=False)
     config.architectures = ["LlamaForCausalLM"]
     paddle.seed(0)
-    LlamaForCausalLM(config).save_pretrained(str(workdir))
+    LlamaForCausalLM(config).save_pretrained(str(workdir), safe_serialization=True)  # loading refuses pickles
     n_params = sum(int(np.prod(p.shape)) for p in LlamaForCausalLM(config).parameters())
     return vocab, n_params
 
@@ -98,8 +102,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-batch", type=int, default=8, help="per_device_train_batch_size")
     ap.add_argument("--update-iters", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    ap.add_argument("--fusemt", choices=["on", "off"], default="on", help="PPO's use_fusemt")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (Paddle's default after import: 1)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/ppo_step_<preset>_<device>.json)")
     a = ap.parse_args(argv)
+    if a.threads:
+        from alignment import ops
+
+        paddle.base.core.set_num_threads(a.threads)
+        ops.set_num_threads(a.threads)
 
     from paddlenlp.utils.log import logger
 
@@ -130,7 +141,7 @@ def main(argv=None) -> dict:
             output_dir=str(Path(tmp) / "out"), per_device_prompt_batch_size=a.prompts, num_return_sequences=a.n,
             per_device_train_batch_size=a.train_batch, update_iters=a.update_iters, max_dec_len=a.new_tokens,
             min_dec_len=a.new_tokens, max_steps=a.steps + 1, report_to=["none"], disable_tqdm=True, save_strategy="no",
-            learning_rate=1e-5, top_p=0.9,
+            learning_rate=1e-5, top_p=0.9, use_fusemt=a.fusemt == "on",
         )
         trainer = PPOTrainer(args, models=models, strategy=strategy,
                              train_dataset=SyntheticPrompts(a.prompts * (a.steps + 1), a.prompt_len, vocab),
@@ -160,6 +171,8 @@ def main(argv=None) -> dict:
         "samples_per_second": rows / step_s,
         "generated_tokens_per_second": rows * a.new_tokens / mean["generation"],
         "peak_rss_mb": peak_rss_mb,
+        "fusemt": a.fusemt,
+        "threads": a.threads,
     }
     print(f"\nPPO step, preset {a.preset} ({n_params / 1e6:.2f}M params per model x 4 models), device {device}")
     print(f"{rows} rows = {a.prompts} prompts x {a.n}, prompts <= {a.prompt_len} tok, {a.new_tokens} new tokens, "
@@ -171,7 +184,8 @@ def main(argv=None) -> dict:
     print(f"| {'step':<11} | {step_s:8.3f} | {100.0:5.1f}% |")
     print(f"\nsamples/s {result['samples_per_second']:.2f}   generated tokens/s {result['generated_tokens_per_second']:.1f}"
           f"   peak RSS {peak_rss_mb:.0f} MB")
-    out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"ppo_step_{a.preset}_{device.split(':')[0]}.json"
+    suffix = "" if a.fusemt == "on" else "_fusemt_off"
+    out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"ppo_step_{a.preset}_{device.split(':')[0]}{suffix}.json"
     atomic_write_json(out, result)
     print(f"wrote {out}")
     return result
