@@ -337,9 +337,10 @@ def final_answer_share(model_dir: Path, prompts_file: Path, n_prompts: int = 48,
 
 
 def _stage_flags(output_dir: Path, steps: int) -> List[str]:
-    """Flags every trained stage of the demo shares: where to write, how long, no mid-run checkpoints."""
-    return ["--output_dir", str(output_dir), "--max_steps", str(steps), "--eval_steps", str(steps),
-            "--save_strategy", "no"]
+    """Flags every trained stage of the demo shares: where to write (afresh: a second ``make demo`` replaces
+    the first one's outputs), how long, no mid-run checkpoints."""
+    return ["--output_dir", str(output_dir), "--overwrite_output_dir", "true", "--max_steps", str(steps),
+            "--eval_steps", str(steps), "--save_strategy", "no"]
 
 
 def _metrics(path: Path) -> List[Dict[str, float]]:
