@@ -24,6 +24,7 @@ transfer expects (``cycle_inputs``; the criterion drops the filler rows).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import paddle
@@ -315,8 +316,7 @@ def generation_copy(pipe_model, mode: str, *, score: bool):
     if hasattr(pipe_model, "lora_config"):  # a LoRA pipeline model: generate with the adapters merged in
         from .loading import merge_lora_state_dict
 
-        def state_fn():
-            return merge_lora_state_dict(pipe_model)
+        state_fn = functools.partial(merge_lora_state_dict, pipe_model)
     return GenerationCopy(pipe_model, build, mode=mode, strategy=strategy, state_fn=state_fn)
 
 

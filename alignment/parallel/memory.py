@@ -26,7 +26,6 @@ Formulas (``LayerShape`` + the ``*_bytes`` functions), per rank, for a Llama / Q
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional

@@ -21,7 +21,7 @@ be and how many bytes the move would take, which is what the tests and the memor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import paddle
 
@@ -204,6 +204,3 @@ class OffloadScheduler:
         model._offload_transitions = counts  # how often it came to the device / went to the host
         place("host")
 
-
-def describe(levels: Sequence[str]) -> str:
-    return " ".join(levels) if levels else "none"

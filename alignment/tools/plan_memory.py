@@ -31,7 +31,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 from alignment.parallel.memory import DTYPE_BYTES, LayerShape, buffer_bytes, parameter_count
