@@ -100,7 +100,12 @@ class PPOTrainer:
             self.lagrange = LagrangeMultiplier(
                 lambda_init=args.lambda_init, lr=args.lambda_lr, threshold=args.threshold, lambda_max=args.lambda_max,
                 delay_steps=args.lambda_update_delay_steps, window_size=args.episode_cost_window_size)
-        set_use_fusemt(args.use_fusemt)  # fused log-probs (alignment.ops) for experience and updates
+        from alignment.training.precision import MixedPrecision
+
+        # bf16 / fp16: auto_cast around every model forward, fp16 GradScalers (PPOArguments checked the device)
+        self.precision = MixedPrecision.from_args(args, check=False)
+        # fused log-probs (alignment.ops) for experience and updates; float32 kernels, so not under bf16 / fp16
+        set_use_fusemt(args.use_fusemt and not self.precision.enabled)
         self.generation_config = _generation_config(args, models.actor_tokenizer, max_length)
         self.retokenizer = (
             Retokenizer(models.actor_tokenizer, models.reward_tokenizer, max_length)
@@ -130,6 +135,12 @@ class PPOTrainer:
             if models.cost_critic is not None
             else None
         )
+        # O2: half weights in the models, fp32 master weights in the optimizers (no-op under O1 / float32)
+        (models.actor, self.actor_optimizer), (models.critic, self.critic_optimizer), \
+            (models.cost_critic, self.cost_critic_optimizer) = self.precision.decorate(
+                [(models.actor, self.actor_optimizer), (models.critic, self.critic_optimizer),
+                 (models.cost_critic, self.cost_critic_optimizer)],
+                frozen=(models.reference, models.reward_model, models.cost_model))
         # tensor / sharding layouts wrap a trainable model together with its optimizer
         gas = args.gradient_accumulation_steps
         # pipeline parallel with ptx: a ptx micro-batch follows each rollout micro-batch in one train_batch
@@ -152,6 +163,9 @@ class PPOTrainer:
         # offload_level's schedule and the per-step memory report (alignment/ppo/memory.py)
         self.phases = PhaseTracker.build(args, models, self.actor_optimizer, self.critic_optimizer, self.strategy)
         self.updater.phase_hook = self.phases.enter
+        self.updater.precision = self.precision
+        self.precision.add_optimizers(actor=self.actor_optimizer, critic=self.critic_optimizer,
+                                      cost_critic=self.cost_critic_optimizer)
         self.reward_normalizer = RewardNormalizer() if args.normalize_reward else None
         self._copies_stale = True  # generation copies (pipeline parallel) are filled before the first use
         self._reshard_stats: Dict[str, float] = {}
@@ -264,12 +278,14 @@ class PPOTrainer:
         a = self.args
         t0 = time.perf_counter()
         self.phases.enter("generation")  # generation and rewards (+ dynamic sampling's further batches)
-        rollout, collected = self.collector.collect(batch, self.prompts)
+        with self.precision.autocast():  # generation and reward-model forwards
+            rollout, collected = self.collector.collect(batch, self.prompts)
         t1 = time.perf_counter()
         self.phases.enter("experience")
-        exp, extras = finish_experience(self.experience(rollout.batch, rollout.scores), rollout, a)
-        if self.lagrange is not None:
-            exp = self.cost_experience(exp, rollout.batch)
+        with self.precision.autocast():  # the forwards; log-probs, values and scores come out float32
+            exp, extras = finish_experience(self.experience(rollout.batch, rollout.scores), rollout, a)
+            if self.lagrange is not None:
+                exp = self.cost_experience(exp, rollout.batch)
         t2 = time.perf_counter()
         reward = float(exp.scores.astype("float32").mean())
         if self.guard.check(self.global_step + 1, what="update", reward=reward):  # before the normaliser sees it
@@ -303,6 +319,7 @@ class PPOTrainer:
             time_generation=t1 - t0, time_experience=t2 - t1, time_advantages=t3 - t2, time_update=t4 - t3,
             time_step=t4 - t0,
         )
+        metrics.update(self.precision.loss_scales())  # fp16 on a GPU: each optimizer's dynamic loss scale
         metrics = self.strategy.all_reduce_mean(metrics)
         metrics["samples_per_second"] = len(exp) * self.strategy.data_parallel_world_size / metrics["time_step"]
         return metrics
@@ -312,7 +329,8 @@ class PPOTrainer:
         one greedy response per prompt when k = 1), over all ranks (``collect.evaluate_rewards``)."""
         if self.eval_dataset is None:
             return {}
-        return evaluate_rewards(self.collector, self.eval_dataset, self.args, self.strategy, self.phases.enter)
+        with self.precision.autocast():
+            return evaluate_rewards(self.collector, self.eval_dataset, self.args, self.strategy, self.phases.enter)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, float]:

@@ -177,6 +177,9 @@ class PPOUpdater:
         self.value_fn = registry.get("value", "clipped") if critic is not None or cost_critic is not None else None
         self.strategy = strategy
         self.phase_hook: Callable[[str], None] = lambda phase: None  # the trainer's offload schedule
+        from alignment.training.precision import MixedPrecision
+
+        self.precision = MixedPrecision()  # the trainer's bf16 / fp16 (auto_cast forwards, fp16 GradScalers)
         self.pipeline = strategy is not None and strategy.pipeline_parallel_degree > 1
         if self.pipeline:
             self._pp_metrics: List[Dict[str, float]] = []
@@ -190,8 +193,9 @@ class PPOUpdater:
 
     # ------------------------------------------------------------------ losses
     def actor_loss(self, mb: Experience):
-        out = self.actor(input_ids=mb.sequences, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                         return_dict=True)
+        with self.precision.autocast():  # the forward only: log-probs and the loss are float32
+            out = self.actor(input_ids=mb.sequences, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                             return_dict=True)
         return self.actor_loss_from_logits(out.logits if hasattr(out, "logits") else out[0], mb)
 
     def actor_loss_from_logits(self, full_logits: paddle.Tensor, mb):
@@ -265,9 +269,10 @@ class PPOUpdater:
         self._step_tokens = max(float(tokens[0]), 1.0) / (world * self.gas)
 
     def critic_loss(self, mb: Experience, critic: Optional[paddle.nn.Layer] = None):
-        values = response_values(
-            critic if critic is not None else self.critic, mb.sequences, mb.attention_mask, mb.position_ids, mb.prompt_length, mb.response_mask
-        )
+        with self.precision.autocast():  # values come out float32 (scores_response_values casts)
+            values = response_values(
+                critic if critic is not None else self.critic, mb.sequences, mb.attention_mask, mb.position_ids, mb.prompt_length, mb.response_mask
+            )
         return self.critic_loss_from_values(values, mb)
 
     def critic_loss_from_values(self, values: paddle.Tensor, mb):
@@ -304,10 +309,11 @@ class PPOUpdater:
                 if k % self.gas == 0:
                     self._set_step_tokens(micro[k:k + self.gas])
                 loss, metrics = self.actor_loss(mb)
-                (loss / self.gas).backward()
+                self.precision.backward(loss / self.gas, self.actor_optimizer)
                 if ptx_batches is not None and self.s.ptx_coeff > 0:
-                    ptx = ptx_loss(self.actor, next(ptx_batches))
-                    (self.s.ptx_coeff * ptx / self.gas).backward()
+                    with self.precision.autocast():
+                        ptx = ptx_loss(self.actor, next(ptx_batches))
+                    self.precision.backward(self.s.ptx_coeff * ptx / self.gas, self.actor_optimizer)
                     metrics["ptx_loss"] = ptx
                 if (k + 1) % self.gas == 0:
                     self._step(self.actor_optimizer)
@@ -317,7 +323,7 @@ class PPOUpdater:
             for _ in range(self.update_iters):
                 for k, mb in enumerate(micro):
                     closs, cmetrics = self.critic_loss(mb)
-                    (closs / self.gas).backward()
+                    self.precision.backward(closs / self.gas, self.critic_optimizer)
                     if (k + 1) % self.gas == 0:
                         self._step(self.critic_optimizer)
                     _collect(sums, cmetrics)
@@ -326,7 +332,7 @@ class PPOUpdater:
             for _ in range(self.update_iters):
                 for k, mb in enumerate(micro):
                     closs, cmetrics = self.critic_loss(_cost_view(mb), self.cost_critic)
-                    (closs / self.gas).backward()
+                    self.precision.backward(closs / self.gas, self.cost_critic_optimizer)
                     if (k + 1) % self.gas == 0:
                         self._step(self.cost_critic_optimizer)
                     _collect(sums, _prefixed(cmetrics, "cost_"))
@@ -426,9 +432,8 @@ class PPOUpdater:
                 sums[key].append(v)
         return self._finish(sums)
 
-    @staticmethod
-    def _step(optimizer: paddle.optimizer.Optimizer) -> None:
-        optimizer.step()
+    def _step(self, optimizer: paddle.optimizer.Optimizer) -> None:
+        self.precision.step(optimizer)  # fp16: GradScaler.step (unscale, skip on inf) + update
         try:
             optimizer.clear_grad(set_to_zero=False)
         except TypeError:  # sharding stage 2 / 3 optimizers manage their gradient buffers themselves
