@@ -1,6 +1,7 @@
 """SIGKILL during a checkpoint save (RM, SFT, DPO, PPO): the newest complete checkpoint loads, ``latest`` resumes
 from it, and the next start removes what the killed save left. ALIGNMENT_SAVE_DELAY widens the window between
-the files being written and the checkpoint being published; the kill lands at a different point per stage."""
+the files being written and the checkpoint being published; the kill lands at three points of the save in every
+stage (12 kills)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from .conftest import REPO, base_argv, entry
 
 SCRIPTS = {"rm": "alignment/rm/run_reward.py", "sft": "alignment/sft/run_sft.py", "dpo": "alignment/dpo/run_dpo.py",
            "ppo": "alignment/ppo/run_ppo.py"}
-# seconds after the staging directory of checkpoint-2 appears: at once (files still being written), during the
-# publish delay (all files, no marker), near its end
-KILL_AFTER = {"rm": 0.0, "sft": 0.3, "dpo": 0.6, "ppo": 0.1}
+# seconds after the staging directory of checkpoint-2 appears, three points per stage: at once (files still
+# being written), inside the publish delay (all files, no marker yet), near its end (marker or rename pending)
+KILL_AFTER = (0.0, 0.35, 0.75)
 
 
+@pytest.mark.parametrize("kill_after", KILL_AFTER)
 @pytest.mark.parametrize("stage", list(SCRIPTS))
-def test_sigkill_during_save_then_resume(stage, tiny_model_dir, rm_dir, data, tmp_path):
+def test_sigkill_during_save_then_resume(stage, kill_after, tiny_model_dir, rm_dir, data, tmp_path):
     out = tmp_path / "out"
     argv = base_argv(stage, tiny_model_dir, data, out, rm_dir, steps=4) + [
         "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "2"]
@@ -39,7 +41,7 @@ def test_sigkill_during_save_then_resume(stage, tiny_model_dir, rm_dir, data, tm
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.time() < deadline, "no second checkpoint was started"
             time.sleep(0.02)
-        time.sleep(KILL_AFTER[stage])
+        time.sleep(kill_after)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
