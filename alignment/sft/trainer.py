@@ -63,6 +63,17 @@ class SFTTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
             return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs: Dict[str, paddle.Tensor], return_outputs: bool = False):
+        world = max(int(self.args.dataset_world_size), 1)
+        if not return_outputs:  # log-probs through the chunked LM head where it applies (no (B, L, V) logits)
+            from alignment.training.logps import completion_logps
+
+            scored = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            count = scored.mask.sum().detach()
+            if world > 1:
+                count = _global_sum(count)
+            if model.training:
+                self.store_metrics({"tokens": float(count)}, "train")
+            return -scored.token_logps.sum() * float(world) / paddle.clip(count, min=1.0)
         out = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs.get("attention_mask"),
@@ -70,7 +81,6 @@ class SFTTrainer(GlobalBatchMixin, MetricsLoggingMixin, Trainer):
             return_dict=True,
         )
         logits = out.logits if hasattr(out, "logits") else out[0]
-        world = max(int(self.args.dataset_world_size), 1)
         loss, _, count = answer_nll(logits, inputs["labels"], world_size=world)
         if model.training:
             self.store_metrics({"tokens": float(count)}, "train")

@@ -201,7 +201,9 @@ def _plan_offline(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
             device["reference.parameters"] = ref["parameters"]
     device["activations"] = _activations(spec, rows, spec.max_length)
     if not score:
-        device["logits"] = _logits(spec, rows, spec.max_length, 2 if spec.stage != "gkd" else 3)
+        # copies held at the peak, as measured on CPU: SFT's loss through the chunked LM head keeps one
+        # (B, L, V) gradient-sized buffer, the pair losses two, GKD also the teacher's logits
+        device["logits"] = _logits(spec, rows, spec.max_length, {"sft": 1, "gkd": 3}.get(spec.stage, 2))
     device["host (offloaded)"] = host
     return {"train": device}
 
