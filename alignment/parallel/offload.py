@@ -31,7 +31,6 @@ __all__ = ["LEVELS", "PHASES", "RESIDENT", "parse_offload_level", "OffloadSchedu
 LEVELS = ("freeze_model", "optimizer", "train_model")
 PHASES = ("generation", "experience", "update_actor", "update_critic")
 FROZEN_ROLES = ("reference", "reward_model", "teacher")
-TRAINED_ROLES = ("actor", "critic")
 # the models each phase runs (their parameters must be on the device; an updating model also its optimizer)
 RESIDENT: Dict[str, Tuple[str, ...]] = {
     "generation": ("actor",),

@@ -383,7 +383,7 @@ class PPOArguments:
     )
     dataloader_drop_last: bool = field(default=False, metadata={"help": "Drop the last incomplete prompt batch."})
 
-    # ---- precision and parallelism (later issues; only the defaults run today)
+    # ---- precision and parallelism
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (paddle.amp auto_cast around the "
                                                         "model forwards; needs a GPU, one process or data parallel)."})
     fp16: bool = field(default=False, metadata={"help": "float16 mixed precision with a dynamic GradScaler per "
@@ -486,7 +486,7 @@ class PPOArguments:
             self.kl_coeff = 0.02 if kl_in_reward else 0.0
         if self.kl_loss_coeff is None:
             self.kl_loss_coeff = 0.0 if kl_in_reward else 0.001
-        # later issues: refuse anything but the defaults instead of ignoring it
+        # layout and offload values: validated here, a bad one is one line
         if self.eval_mode in ("", "none", "None"):
             self.eval_mode = None
         if self.eval_mode is not None and self.eval_mode not in EVAL_MODES:
@@ -619,12 +619,6 @@ class PPOArguments:
 
 
 EVAL_MODES = ("single", "tensor_parallel")
-
-
-def _not_yet(name: str, value, default: str, what: str) -> None:
-    raise NotImplementedError(
-        f"{name}={value!r} is not implemented yet ({what} lands in a later issue); leave it at {default}"
-    )
 
 
 def check_consistency(model_args: ModelArgument, data_args: DataArgument, args: PPOArguments, *, has_reward_fn=False,

@@ -57,10 +57,8 @@ class PhaseTracker:
             return {}
         from alignment.tools.plan_memory import PlanSpec, plan
 
-        n = settings.pop("num_return_sequences", 1)
-        spec = PlanSpec(**settings, num_return_sequences=n, per_device_prompt_batch_size=max(1, rows // n),
+        spec = PlanSpec(**settings, per_device_prompt_batch_size=max(1, rows // settings["num_return_sequences"]),
                         max_prompt_len=prompt_length, max_new_tokens=response_length)
-        settings["num_return_sequences"] = n
         self.last_parts = plan(spec)
         return {phase: sum(v for k, v in parts.items() if not k.startswith("host"))
                 for phase, parts in self.last_parts.items()}
