@@ -10,7 +10,7 @@ import paddle
 from .registry import register
 from .utils import log_softmax, masked_mean, vocab_sum
 
-__all__ = ["generalized_jsd"]
+__all__ = ["generalized_jsd", "generalized_jsd_per_token"]
 
 Tensor = paddle.Tensor
 
@@ -45,6 +45,17 @@ def generalized_jsd(
     computes it without gradient. Logits must be finite (a -inf logit gives 0·inf). Metric ``jsd``.
     Vocabulary-parallel logits (V / tp per rank, see ``utils.VocabShard``) give the full-vocabulary value.
     """
+    per_token = generalized_jsd_per_token(student_logits, teacher_logits, beta=beta, temperature=temperature)
+    dtype = per_token.dtype
+    mask = mask.astype(dtype)
+    per_token = paddle.where(mask != 0, per_token, paddle.zeros_like(per_token))
+    loss = masked_mean(per_token, mask)
+    return loss, {"jsd": loss.detach()}
+
+
+def generalized_jsd_per_token(student_logits: Tensor, teacher_logits: Tensor, *, beta: float = 0.5,
+                              temperature: float = 1.0) -> Tensor:
+    """The per-token divergence of ``generalized_jsd`` before its mask and mean: (B, T, V) -> (B, T)."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1]; got {beta}")
     if temperature <= 0:
@@ -53,15 +64,8 @@ def generalized_jsd(
     log_ps = log_softmax(student_logits.astype(dtype) / temperature)
     log_pt = log_softmax(teacher_logits.astype(dtype) / temperature)
     if beta == 0.0:
-        per_token = _kl(log_pt, log_ps)
-    elif beta == 1.0:
-        per_token = _kl(log_ps, log_pt)
-    else:
-        log_m = paddle.logsumexp(
-            paddle.stack([log_ps + math.log(1.0 - beta), log_pt + math.log(beta)]), axis=0
-        )
-        per_token = beta * _kl(log_pt, log_m) + (1.0 - beta) * _kl(log_ps, log_m)
-    mask = mask.astype(dtype)
-    per_token = paddle.where(mask != 0, per_token, paddle.zeros_like(per_token))
-    loss = masked_mean(per_token, mask)
-    return loss, {"jsd": loss.detach()}
+        return _kl(log_pt, log_ps)
+    if beta == 1.0:
+        return _kl(log_ps, log_pt)
+    log_m = paddle.logsumexp(paddle.stack([log_ps + math.log(1.0 - beta), log_pt + math.log(beta)]), axis=0)
+    return beta * _kl(log_pt, log_m) + (1.0 - beta) * _kl(log_ps, log_m)

@@ -41,6 +41,7 @@ __all__ = [
     "fused_penalties",
     "decode_attention",
     "decode_attention_reference",
+    "linear_generalized_jsd",
 ]
 
 _SWITCH = {"on": os.environ.get("ALIGNMENT_USE_FUSEMT", "1") != "0", "threads": None}
@@ -90,6 +91,7 @@ def num_threads() -> int:
 
 
 from .attention import decode_attention, decode_attention_reference  # noqa: E402
+from .linear_jsd import linear_generalized_jsd  # noqa: E402
 from .logps import completion_logps, completion_logps_reference, fused_applies, install_logps_hook  # noqa: E402
 from .sampling import apply_penalties, fused_penalties, sample_tokens, sample_tokens_reference  # noqa: E402
 
