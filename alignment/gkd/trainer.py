@@ -7,6 +7,12 @@ The student and the frozen teacher then score the same sequences and
 distributions on the completion tokens (T = 1 in the loss; ``temperature`` is the sampling one).
 ``sft_alpha`` adds the student's token-mean NLL on the step's completions (ms-swift). Evaluation uses
 the dataset completions, so ``eval_loss`` is the held-out student-teacher divergence.
+
+Outside pipeline parallelism, when the student and an ordinary (non-pipeline) teacher both qualify for the
+chunked LM head (``alignment.training.logps.chunked_head``: ``use_fusemt``, Llama/Qwen2, float32, no tensor
+parallelism) and share the vocabulary, the loss runs their decoders and
+``alignment.ops.linear_generalized_jsd`` on the completion rows: neither model's (N, L, V) logits are built,
+and the loss (training and ``eval_loss``) equals the logits path.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from alignment.algorithms import registry
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
 from alignment.gkd.config import GKDArguments
 from alignment.models.loading import freeze
-from alignment.training.logps import model_logits, position_ids_from_mask, resident, token_logps
+from alignment.training.logps import chunked_head, model_logits, position_ids_from_mask, resident, token_logps
 from alignment.parallel import ParallelStrategy
 from alignment.training.sampler import GlobalBatchMixin
 from alignment.utils.trainer import LossOnlyEvaluationMixin, MetricsLoggingMixin
@@ -186,12 +192,61 @@ class GKDTrainer(GlobalBatchMixin, LossOnlyEvaluationMixin, MetricsLoggingMixin,
             metrics["nll"] = nll.detach()
         return loss, metrics
 
+    def _chunked_heads(self, model):
+        """(student, teacher) ``ChunkedHead`` where the chunked loss applies, else None."""
+        from alignment.algorithms.distill import generalized_jsd
+
+        if self.jsd is not generalized_jsd or self.args.pipeline_parallel_degree > 1 \
+                or hasattr(self.teacher_model, "map_micro_batches"):
+            return None
+        student, teacher = chunked_head(model), chunked_head(self.teacher_model)
+        if student is None or teacher is None or student.vocab_size != teacher.vocab_size:
+            return None  # (different vocabularies: the logits path raises its error)
+        return student, teacher
+
+    def _chunked_distill_loss(self, heads, ids, attention_mask, labels):
+        """``_distill_loss`` from the decoders' hidden states through ``linear_generalized_jsd``: only the
+        completion rows meet the heads, a chunk at a time, and the sft_alpha NLL comes from the same pass."""
+        from alignment.ops import linear_jsd
+
+        student, teacher = heads
+        a = self.gkd_args
+        hidden = student.hidden(ids, attention_mask)
+        with paddle.no_grad(), resident(self.teacher_model):
+            teacher_hidden = teacher.hidden(ids, attention_mask)
+        n, length = labels.shape
+        targets = labels[:, 1:].reshape([-1])
+        valid = paddle.nonzero(targets != IGNORE_INDEX).reshape([-1])
+        count = max(int(valid.shape[0]), 1)
+        index = (valid // (length - 1)) * length + valid % (length - 1)  # hidden row i*L + t scores token t + 1
+
+        def rows(h):  # gathered without slicing h[:, :-1]
+            return paddle.index_select(h.reshape([n * length, h.shape[-1]]), index)
+
+        weights = paddle.full([valid.shape[0]], 1.0 / count, dtype="float32")
+        nll_args = {}
+        if a.sft_alpha > 0:
+            nll_args = dict(labels=paddle.index_select(targets, valid),
+                            label_weights=paddle.full([valid.shape[0]], a.sft_alpha / count, dtype="float32"))
+        out = linear_jsd.linear_generalized_jsd(
+            rows(hidden), student.weight, rows(teacher_hidden), teacher.weight, weights, beta=a.beta,
+            temperature=1.0, student_transpose_y=student.transpose_y, teacher_transpose_y=teacher.transpose_y,
+            **nll_args)
+        metrics = {"jsd": out.divergence.sum() / count}
+        if a.sft_alpha > 0:
+            metrics["nll"] = -out.logps.sum() / count
+        return out.loss, metrics
+
     def compute_loss(self, model, inputs, return_outputs: bool = False):
         ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
-        student_logits = model_logits(model, ids, attention_mask)
-        with paddle.no_grad(), resident(self.teacher_model):
-            teacher_logits = model_logits(self.teacher_model, ids, attention_mask)
-        loss, metrics = self._distill_loss(student_logits, teacher_logits, labels)
+        heads = self._chunked_heads(model)
+        if heads is not None:
+            loss, metrics = self._chunked_distill_loss(heads, ids, attention_mask, labels)
+        else:
+            student_logits = model_logits(model, ids, attention_mask)
+            with paddle.no_grad(), resident(self.teacher_model):
+                teacher_logits = model_logits(self.teacher_model, ids, attention_mask)
+            loss, metrics = self._distill_loss(student_logits, teacher_logits, labels)
         mask = (labels[:, 1:] != IGNORE_INDEX).astype("float32")
         if model.training:
             metrics["on_policy"] = float(self._source == "student")

@@ -33,8 +33,9 @@ so its upstream gradient is one number: each chunk's d logits (weights and NLL t
 straight into d hidden = dz @ W_s^T (rows of the chunk) and d W_s += h^T dz, and the backward only
 scales those two buffers by the scalar. That saves the recomputation of both heads' chunk logits (two
 of the six (c, H) x (H, V) matmuls per chunk) at the price of holding d W_s (the head's size) and
-d hidden (M, H) from the forward to the backward. The graph can be backpropagated once (the buffers
-are scaled in place); under ``no_grad`` or with frozen inputs nothing is accumulated.
+d hidden (M, H) from the forward to the backward. The backward scales those buffers in place and hands
+them over (a PyLayer graph is backpropagated once in Paddle: a second pass, even with ``retain_graph``,
+is not supported); under ``no_grad`` or with frozen inputs nothing is accumulated.
 
 Peak extra memory: a handful of (chunk_rows, V) tensors (both chunks' logits, log-probs, probabilities,
 log m) instead of the student's and the teacher's (M, V) logits, their softmaxes and the (M, V)
@@ -150,11 +151,8 @@ class _LinearJSD(PyLayer):
 
     @staticmethod
     def backward(ctx, grad_loss, *unused):
-        if ctx.grads is None:
-            raise RuntimeError("linear_generalized_jsd: its graph can be backpropagated once (the gradients "
-                               "computed in the forward are scaled in place)")
         grad_h, grad_w = ctx.grads
-        ctx.grads = None
+        ctx.grads = None  # handed over: autograd may keep them as the parameters' .grad
         g = grad_loss.reshape([])
         with paddle.no_grad():
             if grad_h is not None:

@@ -29,6 +29,8 @@ __all__ = [
     "PairForward",
     "position_ids_from_mask",
     "model_logits",
+    "ChunkedHead",
+    "chunked_head",
     "completion_logps",
     "concat_pair",
     "split_pair",
@@ -110,10 +112,34 @@ def completion_logps(
                                    temperature=temperature, return_logits=return_logits)
 
 
-def _chunked_head_logps(model, input_ids, attention_mask, targets, temperature) -> Optional[paddle.Tensor]:
-    """(N, L-1) log-probs through the chunked LM head, or None where that path does not apply."""
+@dataclass(frozen=True)
+class ChunkedHead:
+    """A causal LM split into its decoder and its LM head, for losses that apply the head chunk by chunk."""
+
+    decoder: object  # the LlamaModel / Qwen2Model under the causal LM
+    weight: paddle.Tensor  # (H, V), or (V, H) with transpose_y (a head tied to the embedding)
+    transpose_y: bool
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.weight.shape[0] if self.transpose_y else self.weight.shape[1])
+
+    def hidden(self, input_ids: paddle.Tensor, attention_mask: paddle.Tensor,
+               position_ids: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """(N, L, H) final hidden states (after the final norm): what the head turns into logits."""
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False, return_dict=True)
+        return out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
+
+
+def chunked_head(model) -> Optional[ChunkedHead]:
+    """The decoder and LM head of ``model`` where a chunked-head loss applies, else None: ``use_fusemt`` on and
+    the operator library built, a Llama/Qwen2 causal LM (plain or LoRA-wrapped, no other wrapper), outside
+    tensor / sequence parallelism, a float32 head that is not a sharding-stage-3 slice."""
     from alignment import ops
-    from alignment.ops.linear_logps import causal_lm_parts, linear_completion_logps
+    from alignment.ops.linear_logps import causal_lm_parts
 
     parts = causal_lm_parts(model)
     if parts is None or not ops.fused_available():
@@ -125,12 +151,18 @@ def _chunked_head_logps(model, input_ids, attention_mask, targets, temperature) 
         return None
     if hasattr(head.weight, "fw_storage") or not head.weight._is_initialized():
         return None  # a sharding-stage-3 slice: only the head's own forward gathers the full weight
+    return ChunkedHead(base, head.weight, bool(getattr(head, "transpose_y", False)))
 
-    out = base(input_ids=input_ids, attention_mask=attention_mask,
-               position_ids=position_ids_from_mask(attention_mask), use_cache=False, return_dict=True)
-    hidden = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
-    return linear_completion_logps(hidden, head.weight, targets, transpose_y=bool(getattr(head, "transpose_y", False)),
-                                   temperature=temperature)
+
+def _chunked_head_logps(model, input_ids, attention_mask, targets, temperature) -> Optional[paddle.Tensor]:
+    """(N, L-1) log-probs through the chunked LM head, or None where that path does not apply."""
+    from alignment.ops.linear_logps import linear_completion_logps
+
+    head = chunked_head(model)
+    if head is None:
+        return None
+    return linear_completion_logps(head.hidden(input_ids, attention_mask), head.weight, targets,
+                                   transpose_y=head.transpose_y, temperature=temperature)
 
 
 def logits_completion_logps(
