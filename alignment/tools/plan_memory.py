@@ -17,6 +17,7 @@ Phases and what each holds (per rank; formulas in ``alignment.parallel.memory``)
                 update_critic  critic + gradients + optimizer states + activations
     SFT / RM / DPO / KTO / GKD
                 train          policy + gradients + optimizer states (+ the frozen reference / teacher) + activations
+                               + logits (GKD through the chunked LM heads: one chunk's working set instead)
 
 Whatever the offload levels send to the host in a phase (``alignment.parallel.offload``) is counted as host
 memory there, not device memory. With ``--budget_gib`` the planner doubles ``per_device_train_batch_size`` (and
@@ -187,6 +188,13 @@ def _plan_rl(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
     return out
 
 
+def _chunked_head_applies(spec: PlanSpec) -> bool:
+    """Where the trainers take the chunked LM head (``alignment.training.logps.chunked_head``, ``use_fusemt``
+    assumed on): float32 heads outside tensor and pipeline parallelism and sharding-stage-3 slices."""
+    return spec.tensor_parallel_degree == 1 and spec.pipeline_parallel_degree == 1 and spec.dtype == "float32" \
+        and _stage_level(spec) < 3
+
+
 def _plan_offline(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
     score = spec.stage == "rm"
     device = {f"policy.{k}": v for k, v in _model_static(spec, score, True).items()}
@@ -200,7 +208,14 @@ def _plan_offline(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
         else:
             device["reference.parameters"] = ref["parameters"]
     device["activations"] = _activations(spec, rows, spec.max_length)
-    if not score:
+    if spec.stage == "gkd" and _chunked_head_applies(spec):
+        # student and teacher heads chunk by chunk (alignment.ops.linear_generalized_jsd): no (B, L, V)
+        # logits, a fixed working set of (chunk, V) tensors
+        from alignment.ops.linear_jsd import WORKING_COPIES, default_chunk_rows
+
+        chunk = min(rows * spec.max_length, default_chunk_rows(spec.shape.vocab_size))
+        device["logits"] = chunk * spec.shape.vocab_size * 4 * WORKING_COPIES
+    elif not score:
         # copies held at the peak, as measured on CPU: SFT's loss through the chunked LM head keeps one
         # (B, L, V) gradient-sized buffer, the pair losses two, GKD also the teacher's logits
         device["logits"] = _logits(spec, rows, spec.max_length, {"sft": 1, "gkd": 3}.get(spec.stage, 2))

@@ -164,3 +164,20 @@ def test_gkd_step_equal_with_chunked_heads_and_logits(ops_library, beta, sft_alp
     assert sorted(up_on) == sorted(up_off)
     assert max(float(np.abs(u).max()) for u in up_off.values()) > 1e-4  # the step did move the weights
     assert worst <= TOL
+
+
+def test_planner_counts_gkd_chunked_heads_where_they_apply():
+    """plan_memory: GKD's logits term is one chunk's working set where the chunked heads apply (float32, no
+    tensor / pipeline parallelism), the (B, L, V) copies elsewhere."""
+    from alignment.ops.linear_jsd import WORKING_COPIES, default_chunk_rows
+    from alignment.tools import plan_memory
+
+    shape = plan_memory.PRESETS["llama-7b"]
+    spec = plan_memory.PlanSpec(shape=shape, stage="gkd", max_length=1024, per_device_train_batch_size=4)
+    chunked = plan_memory.plan(spec)["train"]["logits"]
+    assert chunked == default_chunk_rows(shape.vocab_size) * shape.vocab_size * 4 * WORKING_COPIES
+    assert chunked < 4 * 1024 * shape.vocab_size * 4  # less than one copy of the logits
+    for other in (dict(tensor_parallel_degree=2), dict(pipeline_parallel_degree=2), dict(dtype="bfloat16")):
+        logits = plan_memory.plan(plan_memory.PlanSpec(**{**spec.__dict__, **other}))["train"]["logits"]
+        tp = other.get("tensor_parallel_degree", 1)
+        assert logits == 4 * 1024 * (shape.vocab_size // tp) * 4 * 3, other
