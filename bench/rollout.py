@@ -10,7 +10,7 @@ fused and fallback paths are compared (``greedy_identical``); PaddleNLP's greedy
 too (``greedy_matches_paddlenlp``; PaddleNLP does not stop a row at EOS the same way, so rows are
 compared up to our first EOS), and Hugging Face's with ``--compare``. Roofline share: model FLOPs per
 generated token (2 x parameters of the layers + LM head, attention ignored) x tokens/s against
-``--peak-gflops``. Peak memory: the largest growth of the process RSS during one rollout over its value
+``--peak-gflops`` (150 GFLOP/s per thread by default). Peak memory: the largest growth of the process RSS during one rollout over its value
 before it (sampled every 2 ms; the HF side measures its own process the same way).
 Hugging Face runs in a subprocess (torch is not a project dependency): ``--torch-python`` names an
 interpreter with torch + transformers (default: this one if it has them). Not part of the test run.
@@ -161,9 +161,13 @@ def main(argv=None):
                         help="skip PaddleNLP generate where hidden*batch*new_tokens exceeds this (0 = never)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--peak-gflops", type=float, default=300.0, help="fp32 matmul peak of the machine")
+    parser.add_argument("--peak-gflops", type=float, default=None,
+                        help="fp32 matmul peak of the cores used (default: 150 GFLOP/s per thread, this machine's "
+                             "AVX-512 figure; 300 for its 2 cores)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "rollout.json"))
     args = parser.parse_args(argv)
+    if args.peak_gflops is None:
+        args.peak_gflops = 150.0 * args.threads
     paddle.base.core.set_num_threads(args.threads)  # Paddle sets OMP_NUM_THREADS=1 on import when unset
     ops.set_num_threads(args.threads)
     if not ops.fused_available():

@@ -7,6 +7,7 @@
 // below -87.3 (including -inf) give about 1e-38, i.e. a probability of zero for every practical use.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cmath>
 #include <cstring>
@@ -14,8 +15,17 @@
 namespace alignment_ops {
 
 inline float fast_exp(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-  float k = static_cast<float>(static_cast<int32_t>(x * 1.44269504088896341f + (x >= 0.f ? 0.5f : -0.5f)));
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  // k = round(x / ln2) by the shifter trick: adding 1.5 * 2^23 leaves the rounded integer in the low
+  // mantissa bits (round half to even). No comparison, no float-to-int conversion with a branch: the
+  // compilers vectorise loops over this function without -ffast-math / -fno-trapping-math (a version
+  // with ``x >= 0 ? 0.5 : -0.5`` rounding compiled to scalar code with branches).
+  constexpr float kShifter = 12582912.f;
+  const float t = x * 1.44269504088896341f + kShifter;
+  const float k = t - kShifter;
+  int32_t t_bits;
+  std::memcpy(&t_bits, &t, sizeof(t_bits));
+  const int32_t ki = t_bits - 0x4B400000;  // the bits of kShifter
   float r = x - k * 0.693359375f + k * 2.12194440e-4f;  // ln2 split in two for an exact product
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -24,7 +34,7 @@ inline float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  const int32_t bits = (ki + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
