@@ -31,6 +31,8 @@ __all__ = [
     "Retokenizer",
     "make_experience",
     "response_logps",
+    "chunked_response_logps",
+    "chunked_token_logps",
     "response_values",
     "reward_scores",
     "token_reward_scores",
@@ -178,13 +180,69 @@ def response_logps(
     """Response-aligned log-probs (N, R) of ``sequences[:, P:]`` under ``model`` (graph kept if grads are on).
 
     With ``return_logits`` also returns the response-aligned logits (N, R, V) divided by ``temperature``
-    (for an entropy bonus).
+    (for an entropy bonus). Without it, a model the chunked LM head applies to (``chunked_response_logps``)
+    never builds the (N, T, V) logits.
     """
+    if not return_logits:
+        scored = chunked_response_logps(model, sequences, attention_mask, position_ids, prompt_length, response_mask,
+                                        temperature)
+        if scored is not None:
+            return scored
     out = model(
         input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, return_dict=True
     )
     logits = out.logits if hasattr(out, "logits") else out[0]
     return logits_response_logps(logits, sequences, prompt_length, response_mask, temperature, return_logits)
+
+
+def chunked_response_logps(model, sequences: paddle.Tensor, attention_mask: paddle.Tensor,
+                           position_ids: Optional[paddle.Tensor], prompt_length: int, response_mask: paddle.Tensor,
+                           temperature: float = 1.0, with_entropy: bool = False):
+    """``response_logps`` through the decoder and the chunked LM head (Liger's approach, arXiv 2410.10989;
+    ``alignment.ops.linear_completion_logps``): only the hidden rows P - 1 .. P + R - 2 of the response tokens
+    that ``response_mask`` keeps are multiplied by the head, a chunk at a time, so neither the (N, T, V)
+    logits nor their gradient are held. With ``with_entropy`` a pair (log-probs, entropy of
+    softmax(logits / temperature)), both (N, R), 0 on pads, differentiable. None where the chunked head does
+    not apply (``alignment.training.logps.chunked_head``: another architecture, tensor parallel, a wrapper,
+    ``use_fusemt`` off; or under ``auto_cast``): the caller takes the logits path."""
+    width = response_mask.shape[1]
+    labels = sequences[:, prompt_length : prompt_length + width]
+    labels = paddle.where(response_mask.astype("bool"), labels, paddle.full_like(labels, -100))  # pads: skipped
+    return chunked_token_logps(model, sequences, attention_mask, position_ids, labels, offset=prompt_length - 1,
+                               temperature=temperature, with_entropy=with_entropy)
+
+
+def chunked_token_logps(model, input_ids: paddle.Tensor, attention_mask: paddle.Tensor,
+                        position_ids: Optional[paddle.Tensor], labels: paddle.Tensor, *, offset: int = 0,
+                        temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probs (N, T) of ``labels`` (``labels[:, t]`` scored at position ``offset + t``, negative ids skipped
+    and 0) through the decoder of ``model`` and the chunked LM head (arXiv 2410.10989), with the entropies
+    too under ``with_entropy``; None where the chunked head does not apply. ``position_ids`` None: the causal
+    LM's default (0 .. L-1), as its own forward would use."""
+    from alignment.ops import linear_logps
+
+    head = _chunked_head(model)
+    if head is None:
+        return None
+    hidden = head.hidden(input_ids, attention_mask, _positions(position_ids, input_ids))
+    return linear_logps.linear_completion_logps(hidden, head.weight, labels, transpose_y=head.transpose_y,
+                                                temperature=temperature, offset=offset, with_entropy=with_entropy)
+
+
+def _chunked_head(model):
+    """``alignment.training.logps.chunked_head(model)``, None under ``auto_cast`` too (the head's matmul would
+    give 16-bit logits there, which the fused log-prob operator does not take)."""
+    from alignment.training.logps import chunked_head
+
+    return None if paddle.amp.is_autocast_enabled() else chunked_head(model)
+
+
+def _positions(position_ids: Optional[paddle.Tensor], input_ids: paddle.Tensor) -> paddle.Tensor:
+    """The position ids a causal LM's forward uses: the given ones, else 0 .. L-1 in every row (its default)."""
+    if position_ids is not None:
+        return position_ids
+    n, length = input_ids.shape
+    return paddle.arange(length, dtype="int64").unsqueeze(0).expand([n, length])
 
 
 def logits_response_logps(logits: paddle.Tensor, sequences: paddle.Tensor, prompt_length: int,
@@ -388,6 +446,8 @@ def make_experience(
 
     Models should be the plain (unwrapped) layers; every pass runs in eval mode under ``no_grad``.
     ``reference=None`` skips the reference pass (``ref_logps`` None: no KL term possible).
+    The actor's and (an ordinary model's) reference's log-probs go through the chunked LM head where it
+    applies (``chunked_response_logps``), else through the logits.
     """
     n = rollout.sequences.shape[0]
     p = rollout.prompt_length
@@ -402,7 +462,12 @@ def make_experience(
             if critic is not None:
                 val.append(response_values(critic, *args))
     ref_logps = None
-    if reference is not None:
+    if reference is not None and not hasattr(reference, "map_micro_batches") \
+            and _chunked_head(reference) is not None:
+        with eval_mode(reference):  # an ordinary model: the chunked LM head, as the actor's pass
+            ref_logps = paddle.concat([response_logps(reference, seq[sl], mask[sl], pos[sl], p, resp_mask[sl],
+                                                      temperature=temperature) for sl in _chunks(n, micro_batch_size)])
+    elif reference is not None:
         def ref_reduce(logits, sl):
             return logits_response_logps(logits, seq[sl], p, resp_mask[sl], temperature)
 
