@@ -30,7 +30,8 @@ import paddle
 from .registry import get, register
 from .utils import entropy_from_logits, masked_mean, masked_var
 
-__all__ = ["ppo_loss", "gspo_loss", "cispo_loss", "sapo_loss", "clipped_value_loss", "entropy_bonus", "kl_penalty_loss"]
+__all__ = ["ppo_loss", "gspo_loss", "cispo_loss", "sapo_loss", "clipped_value_loss", "entropy_bonus",
+           "token_entropy_bonus", "kl_penalty_loss"]
 
 Tensor = paddle.Tensor
 Metrics = Dict[str, Tensor]
@@ -366,7 +367,22 @@ def entropy_bonus(
     logits by the sampling temperature first and subtracts entropy_coeff · H from the loss (PaddleNLP §4.8).
     Metric ``actor/entropy``.
     """
-    entropy = entropy_from_logits(logits)
+    return token_entropy_bonus(entropy_from_logits(logits), mask, loss_agg_mode=loss_agg_mode,
+                               global_token_count=global_token_count, global_seq_count=global_seq_count,
+                               norm_length=norm_length)
+
+
+def token_entropy_bonus(
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    loss_agg_mode: str = "token-mean",
+    global_token_count=None,
+    global_seq_count=None,
+    norm_length: Optional[float] = None,
+) -> Tuple[Tensor, Metrics]:
+    """``entropy_bonus`` from per-token entropies (B, T) already computed (e.g. by the chunked LM head,
+    ``alignment.ops.linear_completion_logps(..., with_entropy=True)``, which never builds the logits)."""
     value = _aggregate(
         entropy,
         mask,

@@ -30,13 +30,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import paddle
 
 from alignment.algorithms import registry
-from alignment.algorithms.policy import entropy_bonus, kl_penalty_loss
+from alignment.algorithms.policy import kl_penalty_loss, token_entropy_bonus
 from alignment.algorithms.shaping import high_entropy_mask, truncated_is_weights
 from alignment.algorithms.utils import entropy_from_logits, gather_logps, masked_mean
 from alignment.data.batches import IGNORE_INDEX, SupervisedBatch
 from alignment.models.pipeline import cycle_inputs, pad_columns
 from alignment.rollout import (
     Experience,
+    chunked_response_logps,
+    chunked_token_logps,
     logits_response_logps,
     make_position_ids,
     response_logps,
@@ -114,7 +116,16 @@ def _advance_schedule(optimizer) -> None:
 
 
 def ptx_loss(model: paddle.nn.Layer, batch: SupervisedBatch) -> paddle.Tensor:
-    """Token-mean NLL of the supervised labels (labels unshifted, IGNORE_INDEX outside the answer)."""
+    """Token-mean NLL of the supervised labels (labels unshifted, IGNORE_INDEX outside the answer).
+
+    Through the chunked LM head where it applies (``alignment.rollout.chunked_token_logps``, arXiv
+    2410.10989: only the answer rows are multiplied by the head, no (B, L, V) logits), else the logits.
+    """
+    targets = batch["labels"][:, 1:]  # IGNORE_INDEX (< 0) rows are skipped by the chunked head
+    per_token = chunked_token_logps(model, batch["input_ids"], batch["attention_mask"], batch.get("position_ids"),
+                                    targets)
+    if per_token is not None:
+        return -masked_mean(per_token, (targets != IGNORE_INDEX).astype("float32"))
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -192,11 +203,24 @@ class PPOUpdater:
                 _criterion(cost_critic).fn = self._pipeline_critic_loss
 
     # ------------------------------------------------------------------ losses
+    def _needs_entropy(self) -> bool:
+        return self.s.entropy_coeff > 0 or self.s.top_entropy_quantile < 1.0
+
     def actor_loss(self, mb: Experience):
+        """Actor loss and metrics of one micro-batch. Through the chunked LM head where it applies
+        (``chunked_response_logps``, arXiv 2410.10989: the response rows' log-probs and entropies, chunk by
+        chunk, no (N, T, V) logits nor their gradient), else through the logits (``actor_loss_from_logits``)."""
         with self.precision.autocast():  # the forward only: log-probs and the loss are float32
-            out = self.actor(input_ids=mb.sequences, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
-                             return_dict=True)
-        return self.actor_loss_from_logits(out.logits if hasattr(out, "logits") else out[0], mb)
+            scored = chunked_response_logps(self.actor, mb.sequences, mb.attention_mask, mb.position_ids,
+                                            mb.prompt_length, mb.response_mask, temperature=self.s.temperature,
+                                            with_entropy=self._needs_entropy())
+            if scored is None:
+                out = self.actor(input_ids=mb.sequences, attention_mask=mb.attention_mask,
+                                 position_ids=mb.position_ids, return_dict=True)
+        if scored is None:
+            return self.actor_loss_from_logits(out.logits if hasattr(out, "logits") else out[0], mb)
+        logps, entropy = scored if self._needs_entropy() else (scored, None)
+        return self._actor_loss(logps, entropy, mb)
 
     def actor_loss_from_logits(self, full_logits: paddle.Tensor, mb):
         """Actor loss and metrics from the logits (N, T, V) of ``mb.sequences`` (any object with the fields)."""
@@ -205,8 +229,20 @@ class PPOUpdater:
             full_logits, mb.sequences, mb.prompt_length, mb.response_mask, temperature=s.temperature,
             return_logits=True,
         )
+        entropy = None
+        if s.entropy_coeff > 0:  # the bonus differentiates through it
+            entropy = entropy_from_logits(logits)
+        elif s.top_entropy_quantile < 1.0:  # the token mask only
+            with paddle.no_grad():
+                entropy = entropy_from_logits(logits.detach())
+        return self._actor_loss(logps, entropy, mb)
+
+    def _actor_loss(self, logps: paddle.Tensor, entropy: Optional[paddle.Tensor], mb):
+        """Policy loss (+ KL term, - entropy bonus) from the response log-probs (N, R) and, when the entropy
+        bonus or the high-entropy mask needs it, the response entropies (N, R) of softmax(logits / T)."""
+        s = self.s
         agg = self._aggregation()
-        weights, extra = self._token_weights(logits, mb), {}
+        weights, extra = self._token_weights(entropy, mb), {}
         if s.policy_loss == "sapo":
             extra = {"tau_pos": s.sapo_tau_pos, "tau_neg": s.sapo_tau_neg}
         pg, metrics = self.policy_fn(
@@ -227,7 +263,7 @@ class PPOUpdater:
             metrics["kl_loss"] = kl
             loss = loss + s.kl_loss_coeff * kl
         if s.entropy_coeff > 0:
-            ent, _ = entropy_bonus(logits, mb.response_mask, **agg)
+            ent, _ = token_entropy_bonus(entropy, mb.response_mask, **agg)
             metrics["entropy"] = ent
             loss = loss - s.entropy_coeff * ent
         metrics["actor_loss"] = loss
@@ -243,15 +279,16 @@ class PPOUpdater:
             out["global_token_count"] = self._step_tokens
         return out
 
-    def _token_weights(self, logits: paddle.Tensor, mb) -> Optional[paddle.Tensor]:
-        """TIS weights (tis_cap, when the micro-batch has rollout log-probs) x the high-entropy token mask."""
+    def _token_weights(self, entropy: Optional[paddle.Tensor], mb) -> Optional[paddle.Tensor]:
+        """TIS weights (tis_cap, when the micro-batch has rollout log-probs) x the high-entropy token mask (from the
+        response entropies (N, R), used detached)."""
         s, weights = self.s, None
         rollout_logps = getattr(mb, "rollout_logps", None)
         if s.tis_cap is not None and rollout_logps is not None:
             weights, _ = truncated_is_weights(mb.old_logps, rollout_logps, mb.response_mask, cap=s.tis_cap)
         if s.top_entropy_quantile < 1.0:
             with paddle.no_grad():
-                keep = high_entropy_mask(entropy_from_logits(logits.detach()), mb.response_mask, s.top_entropy_quantile)
+                keep = high_entropy_mask(entropy.detach(), mb.response_mask, s.top_entropy_quantile)
             weights = keep if weights is None else weights * keep
         return weights
 

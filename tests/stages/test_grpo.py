@@ -58,16 +58,16 @@ def _records(out):
 def captured(monkeypatch):
     """Every actor micro-batch the updater sees (its fields as numpy) and the loss it logged."""
     seen = []
-    original = updates.PPOUpdater.actor_loss_from_logits
+    original = updates.PPOUpdater._actor_loss  # both the chunked-head and the logits path end here
 
-    def spy(self, logits, mb):
-        loss, metrics = original(self, logits, mb)
+    def spy(self, logps, entropy, mb):
+        loss, metrics = original(self, logps, entropy, mb)
         seen.append({k: (None if getattr(mb, k, None) is None else getattr(mb, k).numpy().astype("float64"))
                      for k in ("old_logps", "advantages", "response_mask", "rollout_logps")}
                     | {"pg_loss": float(metrics["pg_loss"])})
         return loss, metrics
 
-    monkeypatch.setattr(updates.PPOUpdater, "actor_loss_from_logits", spy)
+    monkeypatch.setattr(updates.PPOUpdater, "_actor_loss", spy)
     return seen
 
 
