@@ -12,8 +12,10 @@ takes ``--plan_memory true`` as well: it prints this plan for its own arguments 
 Phases and what each holds (per rank; formulas in ``alignment.parallel.memory``):
 
     PPO / GRPO  generation     actor (+ its eval_mode copy under PP), KV cache of a rollout chunk, prefill logits
-                experience     actor, critic, reference, reward + one scoring micro-batch's logits
+                experience     actor, critic, reference, reward + one scoring micro-batch's logits (through the
+                               chunked LM head: one (chunk, V) logits chunk instead)
                 update_actor   actor + gradients + optimizer states + one micro-batch's activations and logits
+                               (chunked LM head: two (chunk, V) tensors and one head-sized gradient instead)
                 update_critic  critic + gradients + optimizer states + activations
     SFT / RM / DPO / KTO / GKD
                 train          policy + gradients + optimizer states (+ the frozen reference / teacher) + activations
@@ -139,6 +141,7 @@ def _plan_rl(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
     exp_mb = spec.experience_batch_size or mb
     sh = spec.shape
     kv_width = sh.num_key_value_heads * sh.head_dim // spec.tensor_parallel_degree
+    chunked = _chunked_head_applies(spec)  # PPO / GRPO experience and actor update: no (N, T, V) logits
     out: Dict[str, Dict[str, int]] = {}
     for phase in RESIDENT:
         if phase == "update_critic" and not spec.critic:
@@ -174,7 +177,9 @@ def _plan_rl(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
             device["kv_cache"] = 2 * 2 * sh.num_hidden_layers * chunk * length * kv_width * w  # old + new at a step
             device["logits"] = _logits(spec, chunk, spec.max_prompt_len, 1)  # the prefill's
         elif phase == "experience":
-            device["logits"] = _logits(spec, exp_mb, length, 2)
+            # through the chunked LM head (where it applies) one (chunk, V) logits chunk of the response rows
+            device["logits"] = _head_chunks(spec, exp_mb * spec.max_new_tokens, 1) if chunked \
+                else _logits(spec, exp_mb, length, 2)
             device["rollout"] = rows * length * 8 * 4  # ids, masks, position ids, per-token results
             # one layer's transient tensors of a no-grad forward (the MLP's intermediate, the residual stream)
             device["forward_workspace"] = exp_mb * length * (2 * sh.intermediate_size + 2 * sh.hidden_size) * w \
@@ -182,10 +187,23 @@ def _plan_rl(spec: PlanSpec) -> Dict[str, Dict[str, int]]:
         else:
             device["activations"] = _activations(spec, mb, length)
             if phase == "update_actor":
-                device["logits"] = _logits(spec, mb, length, 2)
+                # chunked: the backward's recomputed chunk and its gradient, and the head-sized weight gradient
+                # the chunk loop accumulates before autograd adds it to the parameter's (measured on CPU)
+                head_grad = sh.hidden_size * sh.vocab_size * 4
+                device["logits"] = _head_chunks(spec, mb * spec.max_new_tokens, 2) + head_grad if chunked \
+                    else _logits(spec, mb, length, 2)
         device["host (offloaded)"] = host
         out[phase] = device
     return out
+
+
+def _head_chunks(spec: PlanSpec, rows: int, copies: int) -> int:
+    """``copies`` (chunk, V) float32 tensors of the chunked LM head (``alignment.ops.linear_completion_logps``)
+    over ``rows`` scored rows."""
+    from alignment.ops.linear_logps import DEFAULT_CHUNK_BYTES
+
+    vocab = spec.shape.vocab_size
+    return min(rows, max(1, DEFAULT_CHUNK_BYTES // (4 * vocab))) * vocab * 4 * copies
 
 
 def _chunked_head_applies(spec: PlanSpec) -> bool:
