@@ -4,3 +4,4 @@
 #include "logps_op.cc"
 #include "sampling_op.cc"
 #include "attention_op.cc"
+#include "rms_norm_op.cc"

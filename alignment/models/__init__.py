@@ -1,6 +1,10 @@
 """Models: the score model (reward / cost / critic) and the loading helpers every stage shares.
 
     from alignment.models import ScoreModel, load_tokenizer, load_causal_lm, wrap_lora, freeze
+
+Importing this package gives PaddleNLP's ``LlamaRMSNorm`` / ``Qwen2RMSNorm`` the fused RMSNorm forward
+(``alignment.ops.norm.install_rms_norm``; PaddleNLP's own forward wherever it does not apply or ``use_fusemt``
+is off).
 """
 
 from .loading import (
@@ -29,5 +33,11 @@ from .score_model import (
 
 from . import loading as _loading
 from . import score_model as _score_model
+
+# Llama / Qwen2 RMSNorm layers through the fused operator where it applies (use_fusemt; alignment.ops.norm):
+# every stage loads its models through this package, and the classes are imported above already.
+from alignment.ops.norm import install_rms_norm as _install_rms_norm
+
+_install_rms_norm()
 
 __all__ = [name for name in _score_model.__all__ + _loading.__all__ if name in globals()]

@@ -3,6 +3,7 @@
     logps, entropy = completion_logps(logits, labels, mask, with_entropy=True)  # fused when built
     ids = sample_tokens(logits, history, history_mask, temperature=0.7, top_p=0.9)
     out = decode_attention(q, k, v, cos, sin, positions, key_mask, cache_k, cache_v, t, scale)  # KV cache in place
+    y = rms_norm(x, weight, eps)  # Llama / Qwen2 RMSNorm layers too (alignment.ops.norm.install_rms_norm)
 
 ``use_fusemt`` is the one switch between the fused operators and the references: on by default (the
 environment variable ``ALIGNMENT_USE_FUSEMT=0`` turns it off), and the fused path is taken only where
@@ -42,6 +43,8 @@ __all__ = [
     "decode_attention",
     "decode_attention_reference",
     "linear_generalized_jsd",
+    "rms_norm",
+    "rms_norm_reference",
 ]
 
 _SWITCH = {"on": os.environ.get("ALIGNMENT_USE_FUSEMT", "1") != "0", "threads": None}
@@ -93,6 +96,7 @@ def num_threads() -> int:
 from .attention import decode_attention, decode_attention_reference  # noqa: E402
 from .linear_jsd import linear_generalized_jsd  # noqa: E402
 from .logps import completion_logps, completion_logps_reference, fused_applies, install_logps_hook  # noqa: E402
+from .norm import rms_norm, rms_norm_reference  # noqa: E402
 from .sampling import apply_penalties, fused_penalties, sample_tokens, sample_tokens_reference  # noqa: E402
 
 install_logps_hook()

@@ -13,6 +13,9 @@ pointers of torch tensors (CPU tensors to the CPU shim, CUDA tensors to the CUDA
 * fused log-probs with an offset (labels scored by logits[:, offset + t]);
 * decode attention (one query per row over a KV cache, rotary, GQA, masked columns): output and the
   in-place cache column, max abs difference < 1e-4; bandwidth counts one read of the K and V cache;
+* RMSNorm forward (y, rstd) and backward (dx; dw relative to its largest entry), max difference < 1e-4,
+  and dw bit-identical across two runs (deterministic); forward bandwidth counts x read + y written,
+  backward dy and x read twice (the dx kernel, the dw kernel) + dx written (w and rstd negligible);
 * the sampler: greedy ids identical; sampled ids with the same seed agree on >= 99% of rows (both draw
   the same uniform; a few rows may differ where float sums in a different order cross a token boundary);
 * timings (CUDA events, median of 20) and the achieved bandwidth: forward reads N*L*V*4 bytes, backward
@@ -135,6 +138,43 @@ def check_decode_attention(torch, cpu, cuda, B, Hq, Hkv, D, S, threads, peak):
     return row
 
 
+def check_rms_norm(torch, cpu, cuda, R, H, threads, peak):
+    i64, f32 = ctypes.c_int64, ctypes.c_float
+    g = torch.Generator().manual_seed(3)
+    x, w, dy = torch.randn(R, H, generator=g), torch.randn(H, generator=g), torch.randn(R, H, generator=g)
+    y, rstd, dx, dw = torch.empty(R, H), torch.empty(R), torch.empty(R, H), torch.empty(H)
+    cpu.cpu_rms_norm_forward(_p(x), _p(w), i64(R), i64(H), f32(1e-6), _p(y), _p(rstd), threads)
+    cpu.cpu_rms_norm_backward(_p(dy), _p(x), _p(w), _p(rstd), i64(R), i64(H), _p(dx), _p(dw), threads)
+    d = {k: v.cuda() for k, v in dict(x=x, w=w, dy=dy).items()}
+    dy_, drstd, ddx, ddw = (torch.empty(R, H, device="cuda"), torch.empty(R, device="cuda"),
+                            torch.empty(R, H, device="cuda"), torch.empty(H, device="cuda"))
+    cuda.cuda_rms_norm_workspace.restype = ctypes.c_int64
+    work = torch.empty(int(cuda.cuda_rms_norm_workspace(i64(R), i64(H))), device="cuda")
+
+    def fwd():
+        return cuda.cuda_rms_norm_forward(_p(d["x"]), _p(d["w"]), i64(R), i64(H), f32(1e-6), _p(dy_), _p(drstd))
+
+    def bwd():
+        return cuda.cuda_rms_norm_backward(_p(d["dy"]), _p(d["x"]), _p(d["w"]), _p(drstd), i64(R), i64(H), _p(ddx),
+                                           _p(ddw), _p(work))
+
+    assert fwd() == 0 and bwd() == 0 and cuda.cuda_synchronize() == 0
+    first_dw = ddw.clone()
+    assert bwd() == 0 and cuda.cuda_synchronize() == 0
+    diffs = dict(y=float((dy_.cpu() - y).abs().max()), rstd=float((drstd.cpu() - rstd).abs().max()),
+                 dx=float((ddx.cpu() - dx).abs().max()),
+                 dw_rel=float((ddw.cpu() - dw).abs().max() / dw.abs().max().clamp(min=1.0)))
+    t_f, t_b = _time_cuda(torch, fwd), _time_cuda(torch, bwd)
+    nbytes = R * H * 4
+    row = dict(op="fused_rms_norm", shape=f"{R}x{H}", max_abs_diff=max(diffs.values()), diffs=diffs,
+               dw_deterministic=bool(torch.equal(first_dw, ddw)), fwd_ms=t_f * 1e3, bwd_ms=t_b * 1e3,
+               fwd_gbs=2 * nbytes / t_f / 1e9, bwd_gbs=5 * nbytes / t_b / 1e9)
+    if peak:
+        row.update(fwd_pct_peak=100 * row["fwd_gbs"] / peak, bwd_pct_peak=100 * row["bwd_gbs"] / peak)
+    row["ok"] = row["max_abs_diff"] < 1e-4 and row["dw_deterministic"]
+    return row
+
+
 def check_sampling(torch, cpu, cuda, B, V, H, threads):
     i64, f32, u64 = ctypes.c_int64, ctypes.c_float, ctypes.c_uint64
     g = torch.Generator().manual_seed(1)
@@ -189,6 +229,9 @@ def main(argv=None) -> int:
             check_logps(torch, cpu, cuda, 8, 256, 32000, args.threads, args.peak_gbs, offset=63),
             check_decode_attention(torch, cpu, cuda, 32, 32, 8, 128, 1024, args.threads, args.peak_gbs),
             check_decode_attention(torch, cpu, cuda, 8, 14, 2, 64, 4096, args.threads, args.peak_gbs)]
+    rows += [check_rms_norm(torch, cpu, cuda, 16 * 128, 512, args.threads, args.peak_gbs),
+             check_rms_norm(torch, cpu, cuda, 8 * 2048 + 3, 4096, args.threads, args.peak_gbs),
+             check_rms_norm(torch, cpu, cuda, 37, 200, args.threads, args.peak_gbs)]
     rows += check_sampling(torch, cpu, cuda, 64, 32000, 512, args.threads)
     print(f"device: {torch.cuda.get_device_name()}")
     for r in rows:

@@ -2,6 +2,7 @@
 // ctypes; no Paddle). float32 only. Build: g++ -O3 -march=native -fopenmp -shared -fPIC -I.. shim_cpu.cc
 #include "kernels/attention_cpu.h"
 #include "kernels/logps_cpu.h"
+#include "kernels/rms_norm_cpu.h"
 #include "kernels/sampling_cpu.h"
 
 extern "C" {
@@ -36,6 +37,16 @@ void cpu_decode_attention(const float* q, const float* k, const float* v, const 
                           float* out, int nthreads) {
   alignment_ops::decode_attention_cpu(q, k, v, cos, sin, s_tab, pos, key_mask, cache_k, cache_v, B, Hq, Hkv, D, Smax, t,
                                       scale, out, nthreads);
+}
+
+void cpu_rms_norm_forward(const float* x, const float* w, int64_t R, int64_t H, float eps, float* y, float* rstd,
+                          int nthreads) {
+  alignment_ops::rms_norm_forward_cpu<float>(x, w, R, H, eps, y, rstd, nthreads);
+}
+
+void cpu_rms_norm_backward(const float* dy, const float* x, const float* w, const float* rstd, int64_t R, int64_t H,
+                           float* dx, float* dw, int nthreads) {
+  alignment_ops::rms_norm_backward_cpu<float>(dy, x, w, rstd, R, H, dx, dw, nthreads);
 }
 
 }  // extern "C"

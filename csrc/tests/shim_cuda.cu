@@ -3,6 +3,7 @@
 // Build: nvcc -O3 -shared -Xcompiler -fPIC -I.. shim_cuda.cu -o libshim_cuda.so
 #include "kernels/attention_cuda.cuh"
 #include "kernels/logps_cuda.cuh"
+#include "kernels/rms_norm_cuda.cuh"
 #include "kernels/sampling_cuda.cuh"
 
 extern "C" {
@@ -38,6 +39,20 @@ int cuda_decode_attention(const float* q, const float* k, const float* v, const 
                           float* out) {
   alignment_ops::launch_decode_attention(q, k, v, cos, sin, s_tab, pos, key_mask, cache_k, cache_v, B, Hq, Hkv, D, Smax,
                                          t, scale, out, 0);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int cuda_rms_norm_forward(const float* x, const float* w, int64_t R, int64_t H, float eps, float* y, float* rstd) {
+  alignment_ops::launch_rms_norm_forward<float>(x, w, R, H, eps, y, rstd, 0);
+  return static_cast<int>(cudaGetLastError());
+}
+
+// The dw workspace holds cuda_rms_norm_workspace(R, H) floats.
+int64_t cuda_rms_norm_workspace(int64_t R, int64_t H) { return alignment_ops::rms_norm_dw_chunks(R) * H; }
+
+int cuda_rms_norm_backward(const float* dy, const float* x, const float* w, const float* rstd, int64_t R, int64_t H,
+                           float* dx, float* dw, float* workspace) {
+  alignment_ops::launch_rms_norm_backward<float>(dy, x, w, rstd, R, H, dx, dw, workspace, 0);
   return static_cast<int>(cudaGetLastError());
 }
 
