@@ -230,11 +230,10 @@ def chunked_token_logps(model, input_ids: paddle.Tensor, attention_mask: paddle.
 
 
 def _chunked_head(model):
-    """``alignment.training.logps.chunked_head(model)``, None under ``auto_cast`` too (the head's matmul would
-    give 16-bit logits there, which the fused log-prob operator does not take)."""
+    """``alignment.training.logps.chunked_head(model)`` (None under ``auto_cast`` too)."""
     from alignment.training.logps import chunked_head
 
-    return None if paddle.amp.is_autocast_enabled() else chunked_head(model)
+    return chunked_head(model)
 
 
 def _positions(position_ids: Optional[paddle.Tensor], input_ids: paddle.Tensor) -> paddle.Tensor:

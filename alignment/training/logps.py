@@ -137,10 +137,13 @@ class ChunkedHead:
 def chunked_head(model) -> Optional[ChunkedHead]:
     """The decoder and LM head of ``model`` where a chunked-head loss applies, else None: ``use_fusemt`` on and
     the operator library built, a Llama/Qwen2 causal LM (plain or LoRA-wrapped, no other wrapper), outside
-    tensor / sequence parallelism, a float32 head that is not a sharding-stage-3 slice."""
+    tensor / sequence parallelism, a float32 head that is not a sharding-stage-3 slice, and not under
+    ``auto_cast`` (the head's matmul would give 16-bit logits there, which the fused operator does not take)."""
     from alignment import ops
     from alignment.ops.linear_logps import causal_lm_parts
 
+    if paddle.amp.is_autocast_enabled():
+        return None
     parts = causal_lm_parts(model)
     if parts is None or not ops.fused_available():
         return None

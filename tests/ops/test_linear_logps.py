@@ -75,3 +75,22 @@ def test_training_completion_logps_unchanged_by_use_fusemt(ops_library):
     assert sorted(g_on) == sorted(g_off)
     for name in g_on:
         np.testing.assert_allclose(g_on[name], g_off[name], atol=TOL, rtol=0, err_msg=name)
+
+
+def test_no_chunked_head_under_auto_cast(ops_library, monkeypatch):
+    """Under ``auto_cast`` the head's matmul gives 16-bit logits, which the fused operator does not take: every
+    chunked-head caller (SFT, DPO, KTO, GKD, PPO) falls back to the logits path. (Paddle's CPU build ignores
+    ``auto_cast``, so the test sets the state the GPU build reports.)"""
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignment.training.logps import chunked_head
+
+    paddle.seed(5)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=520, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, use_flash_attention=False))
+    with ops.use_fusemt(True):
+        assert chunked_head(model) is not None
+        monkeypatch.setattr(paddle.amp, "is_autocast_enabled", lambda *a, **k: True)
+        assert chunked_head(model) is None
+        monkeypatch.undo()
+        assert chunked_head(model) is not None
