@@ -2,7 +2,8 @@
 
 ``torch_python(arg)`` finds the interpreter (``--torch-python``, else this one when it can import torch and
 transformers, else None: the peer columns are skipped with a note); ``run_peer`` writes the model's weights
-(``.npz``, PaddleNLP names) and the spec to a temporary folder and runs ``bench/_torch_peer.py`` there.
+(``.npz``, PaddleNLP names; one per model for PPO's four) and the spec to a temporary folder and runs
+``bench/_torch_peer.py`` there.
 """
 
 from __future__ import annotations
@@ -40,11 +41,22 @@ def llama_config(model) -> dict:
                 eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id)
 
 
-def run_peer(python: str, mode: str, model, spec: dict, timeout: float = 3600) -> dict:
+def _save_weights(model, path: Path) -> str:
+    np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})
+    return str(path)
+
+
+def run_peer(python: str, mode: str, model, spec: dict, timeout: float = 3600,
+             models: Optional[dict] = None) -> dict:
+    """Run ``_torch_peer.py mode`` on ``model``'s weights (``spec["weights"]``: one ``.npz``) and Llama config;
+    with ``models`` (name -> Paddle layer, e.g. the four PPO models) ``spec["weights"]`` maps each name to its
+    ``.npz`` instead, and ``model`` only gives the config."""
     with tempfile.TemporaryDirectory(prefix="torch_peer_") as tmp:
-        weights = Path(tmp) / "weights.npz"
-        np.savez(weights, **{k: v.numpy() for k, v in model.state_dict().items()})
-        spec = dict(spec, weights=str(weights), config=llama_config(model))
+        if models:
+            weights = {name: _save_weights(m, Path(tmp) / f"weights_{name}.npz") for name, m in models.items()}
+        else:
+            weights = _save_weights(model, Path(tmp) / "weights.npz")
+        spec = dict(spec, weights=weights, config=llama_config(model))
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         proc = subprocess.run([python, str(HERE / "_torch_peer.py"), mode, str(Path(tmp) / "spec.json"),
                                str(Path(tmp) / "out.json")], capture_output=True, text=True, timeout=timeout)

@@ -9,14 +9,29 @@ Not part of the test run.
     python bench/dpo_step.py                         # preset small, batch 4 pairs x 256 tokens
     python bench/dpo_step.py --preset 1b --batch-size 8 --seq-len 1024 --dtype bfloat16   # on a GPU
     python bench/dpo_step.py --fusemt off --threads 2   # log-probs on the pure-Paddle path (default: on)
-    python bench/dpo_step.py --threads 2 --compare --torch-python /path/to/venv/bin/python   # + HF/TRL
+    python bench/dpo_step.py --threads 2 --compare --torch-python /path/to/venv/bin/python   # + TRL, torch
 
 ``--fusemt on`` scores the policy and the reference with the chunked LM head (``linear_completion_logps``:
 the (N, L, V) logits are never held); ``off`` builds the logits and runs the pure-Paddle log-probs.
-``--compare`` times the same step on the same weights and batch in torch (``bench/_torch_peer.py dpo``:
-Hugging Face LlamaForCausalLM, TRL's ``selective_log_softmax`` as TRL's DPOTrainer uses it, sigmoid loss,
-AdamW) in a subprocess. Peak memory: the largest RSS growth during a timed step (both sides alike), next
-to the process's max RSS.
+
+``--compare`` adds two torch rows, each in its own subprocess of ``--torch-python``, on the same weights
+(the reference model's, for policy and reference alike) and the same token ids:
+
+* ``TRL DPOTrainer`` (``bench/_torch_peer.py dpo_trl``): ``trl.DPOTrainer.train()`` itself -- sigmoid loss,
+  beta 0.1, ``--batch-size`` pairs per device, no gradient accumulation, AdamW at the same lr, constant
+  schedule, no clipping, no truncation, ``precompute_ref_log_probs=False`` (the reference forward is inside
+  the step), fp32 on the CPU, no eval / saving / logging. Each pair reaches it as ``prompt_ids`` (the
+  seq_len/4 prompt tokens whose labels are -100 here) + ``chosen_ids`` / ``rejected_ids`` (the answer
+  tokens), so its completion mask covers the same tokens as our labels; the optimizer steps after
+  ``--warmup`` are timed by a ``TrainerCallback``, with the step's real tokens and RSS growth;
+* ``hand-written step`` (``bench/_torch_peer.py dpo``): the bare step without a trainer -- HF
+  ``LlamaForCausalLM`` over chosen + rejected in one forward, full logits, TRL's ``selective_log_softmax``,
+  sigmoid loss, AdamW.
+
+The synthetic batch draws separate prompt ids for the chosen and the rejected row of a pair; TRL's format
+has one prompt per pair, so its rejected rows carry the chosen row's prompt (same lengths and loss tokens;
+``trl_dpo_trainer_shared_prompt`` in the JSON says whether the ids differed). Peak memory: the largest RSS
+growth during a timed step (all rows alike), next to the process's max RSS.
 """
 
 from __future__ import annotations
@@ -86,6 +101,27 @@ def synthetic_batch(batch_size: int, seq_len: int, vocab: int, seed: int = 0):
     return out
 
 
+def trl_pairs(batch):
+    """The batch as TRL's preference columns: per pair ``prompt_ids`` (the chosen row's tokens before its first
+    scored label), ``chosen_ids`` / ``rejected_ids`` (each row's scored tokens up to its last real one).
+    Returns (pairs, whether each rejected row had the chosen row's prompt ids)."""
+    pairs, shared = [], True
+    for i in range(int(batch["chosen_input_ids"].shape[0])):
+        rows = {}
+        for side in ("chosen", "rejected"):
+            ids = batch[f"{side}_input_ids"][i].numpy()
+            real = int(batch[f"{side}_attention_mask"][i].numpy().sum())  # right padding
+            scored = np.flatnonzero(batch[f"{side}_labels"][i].numpy() != -100)
+            start = int(scored[0]) if len(scored) else real
+            rows[side] = (ids[:start], ids[start:real])
+        if len(rows["chosen"][0]) != len(rows["rejected"][0]):
+            raise ValueError("trl_pairs: chosen and rejected prompts of a pair differ in length")
+        shared = shared and bool((rows["chosen"][0] == rows["rejected"][0]).all())
+        pairs.append({"prompt_ids": rows["chosen"][0].tolist(), "chosen_ids": rows["chosen"][1].tolist(),
+                      "rejected_ids": rows["rejected"][1].tolist()})
+    return pairs, shared
+
+
 def peak_memory_mib(device: str) -> float:
     if device.startswith("gpu"):
         return paddle.device.cuda.max_memory_allocated() / 2**20
@@ -105,7 +141,8 @@ def main(argv=None) -> dict:
                         help="fused log-prob operator (alignment.ops) on or off")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (Paddle's default after import: 1)")
     parser.add_argument("--peak-gflops", type=float, default=300.0, help="fp32 matmul peak, for the MFU column")
-    parser.add_argument("--compare", action="store_true", help="also time the step in torch (HF + TRL)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time trl.DPOTrainer and a hand-written torch step (same weights and batch)")
     parser.add_argument("--torch-python", default=None, help="a Python with torch + transformers (+ trl)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
@@ -151,16 +188,24 @@ def main(argv=None) -> dict:
                 paddle.device.synchronize()
             elapsed += time.perf_counter() - start
         step_peak = max(step_peak, mem.peak)
-    peer = None
+    peer = trl_peer = None
+    trl_error = shared_prompt = None
     if args.compare:
         python = torch_python(args.torch_python)
         if python is None:
             print("note: --compare without torch/transformers (give --torch-python): TRL is not timed")
         else:
+            common = dict(threads=args.threads or 1, warmup=args.warmup, steps=args.steps, lr=1e-6, beta=0.1)
+            pairs, shared_prompt = trl_pairs(batch)
+            try:
+                trl_peer = run_peer(python, "dpo_trl", reference, dict(common, pairs=pairs))
+            except RuntimeError as exc:  # e.g. no trl in that Python: the hand-written row still runs
+                trl_error = str(exc)
+                print(f"note: TRL DPOTrainer not timed: {trl_error}")
             ids, mask, labels = concat_pair(batch, pad_token_id=3)
             peer = run_peer(python, "dpo", reference, dict(
-                input_ids=ids.numpy().tolist(), attention_mask=mask.numpy().tolist(), labels=labels.numpy().tolist(),
-                threads=args.threads or 1, warmup=args.warmup, steps=args.steps))
+                common, input_ids=ids.numpy().tolist(), attention_mask=mask.numpy().tolist(),
+                labels=labels.numpy().tolist()))
 
     result = {
         "benchmark": "dpo_step",
@@ -189,20 +234,47 @@ def main(argv=None) -> dict:
         "machine": platform.machine(),
         "paddle": paddle.__version__,
     }
+    def mfu(tokens: float, seconds: float) -> float:
+        return 100 * 8 * n_params * tokens / seconds / (args.peak_gflops * 1e9)
+
+    ours_s = elapsed / args.steps
+    rows = [(f"ours (fusemt {args.fusemt})", ours_s, tokens_per_step, step_peak)]
+    if trl_peer is not None:
+        s_trl, tok_trl = trl_peer["seconds_per_step"], trl_peer["tokens_per_step"]
+        result.update(trl_dpo_trainer_seconds_per_step=s_trl, trl_dpo_trainer_tokens_per_step=tok_trl,
+                      trl_dpo_trainer_tokens_per_s=tok_trl / s_trl, trl_dpo_trainer_mfu_pct=mfu(tok_trl, s_trl),
+                      trl_dpo_trainer_step_peak_rss_growth_mib=trl_peer["peak_rss_growth_mib"],
+                      trl_dpo_trainer_max_rss_mib=trl_peer["max_rss_mib"],
+                      trl_dpo_trainer_shared_prompt=shared_prompt, trl_dpo_trainer_config=trl_peer["config"],
+                      trl_version=trl_peer["trl"], speedup_vs_trl_dpo_trainer=s_trl / ours_s)
+        rows.append(("TRL DPOTrainer (torch)", s_trl, tok_trl, trl_peer["peak_rss_growth_mib"]))
+    elif trl_error is not None:
+        result["trl_dpo_trainer_error"] = trl_error
     if peer is not None:
-        result.update(torch_seconds_per_step=peer["seconds_per_step"],
-                      torch_tokens_per_s=tokens_per_step / peer["seconds_per_step"],
-                      torch_mfu_pct=100 * 8 * n_params * tokens_per_step / peer["seconds_per_step"]
-                      / (args.peak_gflops * 1e9),
-                      torch_step_peak_rss_growth_mib=peer["peak_rss_growth_mib"],
-                      torch_logps_function=peer["logps_function"], torch_version=peer["torch"],
-                      speedup_vs_torch=peer["seconds_per_step"] / (elapsed / args.steps))
+        s_hw = peer["seconds_per_step"]
+        result.update(torch_hand_written_seconds_per_step=s_hw,
+                      torch_hand_written_tokens_per_step=tokens_per_step,
+                      torch_hand_written_tokens_per_s=tokens_per_step / s_hw,
+                      torch_hand_written_mfu_pct=mfu(tokens_per_step, s_hw),
+                      torch_hand_written_step_peak_rss_growth_mib=peer["peak_rss_growth_mib"],
+                      torch_hand_written_max_rss_mib=peer["max_rss_mib"],
+                      torch_hand_written_logps_function=peer["logps_function"], torch_version=peer["torch"],
+                      speedup_vs_torch_hand_written=s_hw / ours_s)
+        rows.append(("hand-written step (torch)", s_hw, tokens_per_step, peer["peak_rss_growth_mib"]))
     width = max(len(k) for k in result)
     print("-" * (width + 24))
     for key, value in result.items():
         shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
         print(f"{key:<{width}}  {shown}")
     print("-" * (width + 24))
+    if len(rows) > 1:
+        print(f"\n| {'system':<26} | {'s/step':>8} | {'tokens/step':>11} | {'tokens/s':>9} | {'MFU %':>6} "
+              f"| {'step peak MiB':>13} | {'ours faster':>11} |")
+        print(f"|{'-' * 28}|{'-' * 10}|{'-' * 13}|{'-' * 11}|{'-' * 8}|{'-' * 15}|{'-' * 13}|")
+        for name, sec, tok, peak in rows:
+            ratio = f"{sec / ours_s:.2f}x" if name != rows[0][0] else ""
+            print(f"| {name:<26} | {sec:8.3f} | {tok:11,.0f} | {tok / sec:9.1f} | {mfu(tok, sec):6.2f} "
+                  f"| {peak:13,.1f} | {ratio:>11} |")
     suffix = "" if args.fusemt == "on" else "_fusemt_off"
     out = Path(args.out) / f"dpo_step_{args.preset}_{device.split(':')[0]}{suffix}.json"
     atomic_write_json(out, result)
