@@ -68,7 +68,8 @@ def _with_cuda() -> bool:
 def _sources() -> List[Path]:
     sources = [CSRC / "alignment_ops.cc"]
     if _with_cuda():
-        sources += [CSRC / "logps_op.cu", CSRC / "sampling_op.cu", CSRC / "attention_op.cu", CSRC / "rms_norm_op.cu"]
+        sources += [CSRC / name for name in (
+            "logps_op.cu", "sampling_op.cu", "attention_op.cu", "rms_norm_op.cu")]
     return sources
 
 

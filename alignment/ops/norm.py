@@ -82,7 +82,7 @@ def rms_norm(x: paddle.Tensor, weight: paddle.Tensor, eps: float, *,
 
 
 def rms_norm_applies(layer, hidden_states: paddle.Tensor) -> bool:
-    """Whether the installed forward of a ``LlamaRMSNorm`` / ``Qwen2RMSNorm`` ``layer`` runs the fused operator.
+    """Whether the installed forward of a ``LlamaRMSNorm`` / ``Qwen2RMSNorm`` ``layer`` runs the fused op.
 
     Only where it computes what PaddleNLP's forward computes: the switch on and the library built, a dynamic
     graph, float32 input and weight (16-bit or mixed dtypes keep PaddleNLP's casts), no ``auto_cast`` (its

@@ -16,6 +16,9 @@ pointers of torch tensors (CPU tensors to the CPU shim, CUDA tensors to the CUDA
 * RMSNorm forward (y, rstd) and backward (dx; dw relative to its largest entry), max difference < 1e-4,
   and dw bit-identical across two runs (deterministic); forward bandwidth counts x read + y written,
   backward dy and x read twice (the dx kernel, the dw kernel) + dx written (w and rstd negligible);
+* fused masked softmax forward (P) and backward (dS) over (B, H, Lq, Lk) scores with a left / right padding
+  mask (fully masked rows included), causal with Lq < Lk, and no mask: max abs difference < 1e-5;
+  bandwidth counts S read + P written (forward), P and dP read + dS written (backward);
 * the sampler: greedy ids identical; sampled ids with the same seed agree on >= 99% of rows (both draw
   the same uniform; a few rows may differ where float sums in a different order cross a token boundary);
 * timings (CUDA events, median of 20) and the achieved bandwidth: forward reads N*L*V*4 bytes, backward
@@ -152,11 +155,12 @@ def check_rms_norm(torch, cpu, cuda, R, H, threads, peak):
     work = torch.empty(int(cuda.cuda_rms_norm_workspace(i64(R), i64(H))), device="cuda")
 
     def fwd():
-        return cuda.cuda_rms_norm_forward(_p(d["x"]), _p(d["w"]), i64(R), i64(H), f32(1e-6), _p(dy_), _p(drstd))
+        return cuda.cuda_rms_norm_forward(_p(d["x"]), _p(d["w"]), i64(R), i64(H), f32(1e-6), _p(dy_),
+                                          _p(drstd))
 
     def bwd():
-        return cuda.cuda_rms_norm_backward(_p(d["dy"]), _p(d["x"]), _p(d["w"]), _p(drstd), i64(R), i64(H), _p(ddx),
-                                           _p(ddw), _p(work))
+        return cuda.cuda_rms_norm_backward(_p(d["dy"]), _p(d["x"]), _p(d["w"]), _p(drstd), i64(R), i64(H),
+                                           _p(ddx), _p(ddw), _p(work))
 
     assert fwd() == 0 and bwd() == 0 and cuda.cuda_synchronize() == 0
     first_dw = ddw.clone()
@@ -172,6 +176,55 @@ def check_rms_norm(torch, cpu, cuda, R, H, threads, peak):
     if peak:
         row.update(fwd_pct_peak=100 * row["fwd_gbs"] / peak, bwd_pct_peak=100 * row["bwd_gbs"] / peak)
     row["ok"] = row["max_abs_diff"] < 1e-4 and row["dw_deterministic"]
+    return row
+
+
+def check_masked_softmax(torch, cpu, cuda, B, H, Lq, Lk, causal, mask_kind, threads, peak):
+    i64, f32 = ctypes.c_int64, ctypes.c_float
+    g = torch.Generator().manual_seed(5)
+    s, dp = torch.randn(B, H, Lq, Lk, generator=g) * 4, torch.randn(B, H, Lq, Lk, generator=g)
+    lowest = torch.finfo(torch.float32).min
+    mask, stride = None, 0
+    if mask_kind == "padding":  # row b: the first b % 3 keys (left padding) and the last b % 2 keys masked
+        keep = torch.ones(B, Lk, dtype=torch.bool)
+        for b in range(B):
+            keep[b, : b % 3] = False
+            if b % 2:
+                keep[b, Lk - b % 2:] = False
+        keep[0, :] = False if B > 1 else keep[0, :]  # one batch row with every key masked
+        allowed = keep[:, None, :].expand(B, Lq, Lk)
+        if causal:
+            allowed = allowed & torch.ones(Lq, Lk, dtype=torch.bool).tril(Lk - Lq)
+        mask, stride = torch.where(allowed, 0.0, lowest)[:, None].contiguous(), Lq * Lk
+    scale = 0.125
+    p, ds = torch.empty_like(s), torch.empty_like(s)
+    mp = _p(mask) if mask is not None else None
+    cpu.cpu_masked_softmax_forward(_p(s), mp, i64(B), i64(H), i64(Lq), i64(Lk), i64(stride), int(causal), f32(scale),
+                                   _p(p), threads)
+    cpu.cpu_masked_softmax_backward(_p(p), _p(dp), i64(B * H * Lq), i64(Lq), i64(Lk), int(causal), f32(scale), _p(ds),
+                                    threads)
+    d = dict(s=s.cuda(), dp=dp.cuda(), mask=mask.cuda() if mask is not None else None)
+    dpp, dds = torch.empty_like(d["s"]), torch.empty_like(d["s"])
+
+    def fwd():
+        return cuda.cuda_masked_softmax_forward(_p(d["s"]), _p(d["mask"]) if mask is not None else None, i64(B),
+                                                i64(H), i64(Lq), i64(Lk), i64(stride), int(causal), f32(scale),
+                                                _p(dpp))
+
+    def bwd():
+        return cuda.cuda_masked_softmax_backward(_p(dpp), _p(d["dp"]), i64(B * H * Lq), i64(Lq), i64(Lk),
+                                                 int(causal), f32(scale), _p(dds))
+
+    assert fwd() == 0 and bwd() == 0 and cuda.cuda_synchronize() == 0
+    diffs = dict(p=float((dpp.cpu() - p).abs().max()), ds=float((dds.cpu() - ds).abs().max()))
+    t_f, t_b = _time_cuda(torch, fwd), _time_cuda(torch, bwd)
+    nbytes = B * H * Lq * Lk * 4
+    row = dict(op=f"fused_masked_softmax[{mask_kind}{',causal' if causal else ''}]", shape=f"{B}x{H}x{Lq}x{Lk}",
+               max_abs_diff=max(diffs.values()), diffs=diffs, fwd_ms=t_f * 1e3, bwd_ms=t_b * 1e3,
+               fwd_gbs=2 * nbytes / t_f / 1e9, bwd_gbs=3 * nbytes / t_b / 1e9)
+    if peak:
+        row.update(fwd_pct_peak=100 * row["fwd_gbs"] / peak, bwd_pct_peak=100 * row["bwd_gbs"] / peak)
+    row["ok"] = row["max_abs_diff"] < 1e-5
     return row
 
 
@@ -232,6 +285,10 @@ def main(argv=None) -> int:
     rows += [check_rms_norm(torch, cpu, cuda, 16 * 128, 512, args.threads, args.peak_gbs),
              check_rms_norm(torch, cpu, cuda, 8 * 2048 + 3, 4096, args.threads, args.peak_gbs),
              check_rms_norm(torch, cpu, cuda, 37, 200, args.threads, args.peak_gbs)]
+    rows += [check_masked_softmax(torch, cpu, cuda, 2, 8, 1024, 1024, True, "padding", args.threads, args.peak_gbs),
+             check_masked_softmax(torch, cpu, cuda, 4, 6, 37, 101, True, "padding", args.threads, args.peak_gbs),
+             check_masked_softmax(torch, cpu, cuda, 3, 5, 77, 77, False, "padding", args.threads, args.peak_gbs),
+             check_masked_softmax(torch, cpu, cuda, 16, 8, 128, 128, True, "none", args.threads, args.peak_gbs)]
     rows += check_sampling(torch, cpu, cuda, 64, 32000, 512, args.threads)
     print(f"device: {torch.cuda.get_device_name()}")
     for r in rows:
