@@ -5,3 +5,4 @@
 #include "sampling_op.cc"
 #include "attention_op.cc"
 #include "rms_norm_op.cc"
+#include "masked_softmax_op.cc"

@@ -69,7 +69,7 @@ def _sources() -> List[Path]:
     sources = [CSRC / "alignment_ops.cc"]
     if _with_cuda():
         sources += [CSRC / name for name in (
-            "logps_op.cu", "sampling_op.cu", "attention_op.cu", "rms_norm_op.cu")]
+            "logps_op.cu", "sampling_op.cu", "attention_op.cu", "rms_norm_op.cu", "masked_softmax_op.cu")]
     return sources
 
 

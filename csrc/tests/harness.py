@@ -191,7 +191,8 @@ def check_masked_softmax(torch, cpu, cuda, B, H, Lq, Lk, causal, mask_kind, thre
             keep[b, : b % 3] = False
             if b % 2:
                 keep[b, Lk - b % 2:] = False
-        keep[0, :] = False if B > 1 else keep[0, :]  # one batch row with every key masked
+        if B > 1:
+            keep[0] = False  # one batch row with every key masked
         allowed = keep[:, None, :].expand(B, Lq, Lk)
         if causal:
             allowed = allowed & torch.ones(Lq, Lk, dtype=torch.bool).tril(Lk - Lq)

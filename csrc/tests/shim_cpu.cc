@@ -2,6 +2,7 @@
 // ctypes; no Paddle). float32 only. Build: g++ -O3 -march=native -fopenmp -shared -fPIC -I.. shim_cpu.cc
 #include "kernels/attention_cpu.h"
 #include "kernels/logps_cpu.h"
+#include "kernels/masked_softmax_cpu.h"
 #include "kernels/rms_norm_cpu.h"
 #include "kernels/sampling_cpu.h"
 
@@ -47,6 +48,18 @@ void cpu_rms_norm_forward(const float* x, const float* w, int64_t R, int64_t H, 
 void cpu_rms_norm_backward(const float* dy, const float* x, const float* w, const float* rstd, int64_t R, int64_t H,
                            float* dx, float* dw, int nthreads) {
   alignment_ops::rms_norm_backward_cpu<float>(dy, x, w, rstd, R, H, dx, dw, nthreads);
+}
+
+// mask == nullptr: no mask; mask_batch_stride Lq * Lk ((B, 1, Lq, Lk) mask) or 0 ((1, 1, Lq, Lk) mask).
+void cpu_masked_softmax_forward(const float* s, const float* mask, int64_t B, int64_t H, int64_t Lq, int64_t Lk,
+                                int64_t mask_batch_stride, int causal, float scale, float* p, int nthreads) {
+  alignment_ops::masked_softmax_forward_cpu<float>(s, mask, B, H, Lq, Lk, mask_batch_stride, causal != 0, scale, p,
+                                                   nthreads);
+}
+
+void cpu_masked_softmax_backward(const float* p, const float* dp, int64_t R, int64_t Lq, int64_t Lk, int causal,
+                                 float scale, float* ds, int nthreads) {
+  alignment_ops::masked_softmax_backward_cpu<float>(p, dp, R, Lq, Lk, causal != 0, scale, ds, nthreads);
 }
 
 }  // extern "C"

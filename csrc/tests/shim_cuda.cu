@@ -3,6 +3,7 @@
 // Build: nvcc -O3 -shared -Xcompiler -fPIC -I.. shim_cuda.cu -o libshim_cuda.so
 #include "kernels/attention_cuda.cuh"
 #include "kernels/logps_cuda.cuh"
+#include "kernels/masked_softmax_cuda.cuh"
 #include "kernels/rms_norm_cuda.cuh"
 #include "kernels/sampling_cuda.cuh"
 
@@ -53,6 +54,19 @@ int64_t cuda_rms_norm_workspace(int64_t R, int64_t H) { return alignment_ops::rm
 int cuda_rms_norm_backward(const float* dy, const float* x, const float* w, const float* rstd, int64_t R, int64_t H,
                            float* dx, float* dw, float* workspace) {
   alignment_ops::launch_rms_norm_backward<float>(dy, x, w, rstd, R, H, dx, dw, workspace, 0);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int cuda_masked_softmax_forward(const float* s, const float* mask, int64_t B, int64_t H, int64_t Lq, int64_t Lk,
+                                int64_t mask_batch_stride, int causal, float scale, float* p) {
+  alignment_ops::launch_masked_softmax_forward<float>(s, mask, B, H, Lq, Lk, mask_batch_stride, causal != 0, scale, p,
+                                                      0);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int cuda_masked_softmax_backward(const float* p, const float* dp, int64_t R, int64_t Lq, int64_t Lk, int causal,
+                                 float scale, float* ds) {
+  alignment_ops::launch_masked_softmax_backward<float>(p, dp, R, Lq, Lk, causal != 0, scale, ds, 0);
   return static_cast<int>(cudaGetLastError());
 }
 
