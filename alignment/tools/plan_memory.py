@@ -113,6 +113,10 @@ def _activations(spec: PlanSpec, rows: int, length: int) -> int:
     s, b, h, a = length, rows, spec.shape.hidden_size, spec.shape.num_attention_heads
     w, tp, pp = DTYPE_BYTES[spec.dtype], spec.tensor_parallel_degree, spec.pipeline_parallel_degree
     per_layer = 2 * s * b * h * w if spec.recompute else int(s * b * h * (34 + 5 * a * s / h) * w / 2) // tp
+    if not spec.recompute and spec.dtype == "float32":
+        # the fused RMSNorm (alignment.ops.rms_norm, use_fusemt assumed on; float32 only) keeps one (s, b) rstd
+        # for its backward where PaddleNLP's norm keeps the normalised (s, b, h) product: two norms per layer
+        per_layer -= 2 * s * b * h * w // tp
     layers = -(-spec.shape.num_hidden_layers // pp)
     return per_layer * layers * (pp if pp > 1 else 1)  # 1F1B: the first stage holds up to pp micro-batches
 
