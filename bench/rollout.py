@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from alignment import ops  # noqa: E402
+import alignment.models  # noqa: E402,F401  (installs the fused RMSNorm and attention, as every stage does)
 sys.path.insert(0, str(ROOT / "bench"))
 from _compare import PeakRSS, run_peer, torch_python  # noqa: E402
 from alignment.rollout.generation import GenerationConfig, generate  # noqa: E402
