@@ -220,14 +220,16 @@ def test_grpo_with_accuracy_reward_raises_held_out_accuracy(tmp_path, copy_task)
           "--eval_datasets", f"json:1.0:{copy_task / 'held_out.jsonl'}", "--output_dir", str(out),
           "--max_steps", "40", "--eval_steps", "40", "--save_strategy", "no", "--max_dec_len", "4",
           "--num_return_sequences", "8", "--per_device_prompt_batch_size", "4", "--per_device_train_batch_size", "32",
-          "--per_device_eval_batch_size", "20", "--learning_rate", "2e-3", "--max_length", "64",
+          "--per_device_eval_batch_size", "20", "--learning_rate", "1e-3", "--max_length", "64",
           "--max_prompt_len", "32"])
     evals = [r for r in _records(out) if "eval_accuracy" in r]
     start, end = evals[0]["eval_accuracy"], evals[-1]["eval_accuracy"]
     print(f"held-out sampled accuracy (20 numbers never in the GRPO prompts, 8 samples each): {start:.3f} -> {end:.3f}")
     assert [r["step"] for r in evals] == [0, 40]
     assert 0.05 < start < 0.6  # the SFT model is partly right, so there is something to learn
-    assert end >= start + 0.08, (start, end)  # measured 0.312 -> 0.481
+    # measured 0.312 -> 0.481; seeds 1 and 2: -> 0.388; use_fusemt off: 0.319 -> 0.481. At lr 2e-3 the same
+    # run swung from -0.31 to +0.23 with the seed or float rounding (the fused kernels, MKL's code path).
+    assert end >= start + 0.08, (start, end)
 
 
 @pytest.mark.parametrize("extra, message", [
