@@ -43,3 +43,24 @@ def test_import_alignment_sets_it_in_the_process_and_its_children():
     env["ALIGNMENT_MKL_AMD_FIX"] = "0"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "None"
+
+
+def test_the_kernels_share_mkls_openmp_runtime(ops_library):
+    """The operator library links Paddle's libiomp5 (MKL's OpenMP runtime), not GCC's libgomp: two runtimes
+    keep each other's idle threads spinning on the same cores (alignment.ops._build._openmp_link_flags)."""
+    import shutil
+    from pathlib import Path
+
+    import paddle
+    import pytest
+
+    from alignment.ops import _build
+
+    if not (Path(paddle.__file__).resolve().parent / "libs" / "libiomp5.so").exists():
+        pytest.skip("this Paddle ships no libiomp5 (the kernels link libgomp)")
+    assert "-l:libiomp5.so" in _build.LD_FLAGS and "-fopenmp" not in _build.LD_FLAGS
+    if shutil.which("readelf") is None:
+        pytest.skip("no readelf to read the library's NEEDED entries")
+    out = subprocess.run(["readelf", "-d", str(ops_library.path)], capture_output=True, text=True, check=True).stdout
+    needed = [line.split("[")[-1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+    assert "libiomp5.so" in needed and not any(n.startswith("libgomp") for n in needed), needed
