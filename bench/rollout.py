@@ -79,7 +79,8 @@ def ours(model, ids, mask, new_tokens, fused: bool, do_sample: bool):  # fused: 
 
 
 def paddlenlp_generate(model, ids, mask, new_tokens, do_sample: bool):
-    with paddle.no_grad():
+    # use_fusemt off: PaddleNLP's own RMSNorm and attention, not the fused ones alignment.models installs
+    with paddle.no_grad(), ops.use_fusemt(False):
         out, _ = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=0,
                                 decode_strategy="sampling" if do_sample else "greedy_search", top_p=0.9, top_k=0,
                                 eos_token_id=EOS, pad_token_id=PAD, use_cache=True)
