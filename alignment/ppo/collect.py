@@ -128,9 +128,11 @@ def recording_sampler(base: str) -> str:
         scaled = logits.astype("float32") / (temperature if temperature > 0 else 1.0)  # before any in-place change
         ids = inner(logits, generated, temperature=temperature, **kw)
         ids = ParallelStrategy.current().tensor_parallel_broadcast(ids)  # the ids every rank will keep
-        if _RECORDER.steps is not None:
-            chosen = paddle.take_along_axis(scaled, ids.unsqueeze(-1), axis=-1).squeeze(-1)
-            _RECORDER.steps.append(chosen - paddle.logsumexp(scaled, axis=-1))
+        if _RECORDER.steps is not None:  # log p(id) of each row: the fused log-prob operator where it is built
+            from alignment import ops
+
+            logps, _ = ops.completion_logps(scaled.unsqueeze(1), ids.astype("int64").unsqueeze(-1))
+            _RECORDER.steps.append(logps.squeeze(1))
         return ids
 
     sampler.__qualname__ = f"recording_sampler({base})"

@@ -30,12 +30,15 @@ def grad_norm(parameters) -> float:
     when any gradient is not finite."""
     import paddle
 
+    squared = getattr(paddle._C_ops, "squared_l2_norm", None)  # the kernel of Paddle's global-norm clipping
     total = paddle.zeros([1], dtype="float32")
     for p in parameters:
         g = getattr(p, "main_grad", None)
         g = p.grad if g is None else g
         if g is not None:
-            total = total + (g.astype("float32") ** 2).sum()
+            g = g if g.dtype == paddle.float32 else g.astype("float32")
+            # not ``g ** 2``: Paddle's CPU pow took 0.27 s for one 512 x 32000 gradient (squared_l2_norm: 2 ms)
+            total = total + (squared(g).reshape([1]) if squared is not None else (g * g).sum())
     return float(total.sqrt())
 
 

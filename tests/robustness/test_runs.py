@@ -176,3 +176,23 @@ def test_dict_dataset_spec_for_ppo_prompts(tiny_model_dir, data):
     assert len(PromptOnlyDataset(args.train_datasets, tok, max_length=64)) == full // 2
     with pytest.raises(ValueError, match="train_datasets: not a valid JSON dataset spec"):
         DataArgument(train_datasets='{"json": ')
+
+
+def test_grad_norm_equals_the_float64_norm_and_flags_non_finite_gradients():
+    """``utils.guards.grad_norm`` (Paddle's squared_l2_norm kernel per gradient) against NumPy in float64."""
+    import numpy as np
+    import paddle
+
+    from alignment.utils.guards import grad_norm
+
+    paddle.seed(3)
+    params = [paddle.create_parameter(shape, "float32") for shape in ([64, 300], [77], [5, 3])]
+    weights = [paddle.randn(p.shape) for p in params]
+    sum((p * w).sum() for p, w in zip(params, weights)).backward()
+    want = np.sqrt(sum((w.numpy().astype("float64") ** 2).sum() for w in weights))
+    assert abs(grad_norm(params) - want) <= 1e-5 * want
+    bad = paddle.randn([77])
+    bad[5] = float("nan")
+    q = paddle.create_parameter([77], "float32")
+    (q * bad).sum().backward()
+    assert not np.isfinite(grad_norm(params + [q]))
