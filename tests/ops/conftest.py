@@ -14,3 +14,18 @@ def ops_library():
     if library is None:
         pytest.skip(f"custom operators unavailable: {_build.build_reason()}")
     return library
+
+
+@pytest.fixture
+def count_calls(ops_library, monkeypatch):
+    """``count_calls(name)`` -> a list holding how often the loaded library's operator ``name`` ran since."""
+    counters = {}
+    original = ops_library.call
+
+    def counting(name, *args):
+        if name in counters:
+            counters[name][0] += 1
+        return original(name, *args)
+
+    monkeypatch.setattr(ops_library, "call", counting)
+    return lambda name: counters.setdefault(name, [0])

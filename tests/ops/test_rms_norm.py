@@ -22,18 +22,9 @@ OP = "fused_rms_norm_op"
 
 
 @pytest.fixture
-def op_calls(ops_library, monkeypatch):
+def op_calls(count_calls):
     """The number of fused RMSNorm calls so far (a list holding one int), counted on the loaded library."""
-    calls = [0]
-    original = ops_library.call
-
-    def counting(name, *args):
-        if name == OP:
-            calls[0] += 1
-        return original(name, *args)
-
-    monkeypatch.setattr(ops_library, "call", counting)
-    return calls
+    return count_calls(OP)
 
 
 def _grads(fn, x, w, dy):
