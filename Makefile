@@ -32,7 +32,10 @@ bench: $(STAMP)
 	$(PY) bench/logps.py --threads 2
 	$(PY) bench/logps.py --threads 2 --lm-head 512
 	$(PY) bench/rollout.py --threads 2
-	$(PY) bench/ppo_step.py
+	$(PY) bench/ppo_step.py --threads 2
+	$(PY) bench/blas.py --threads 2
+	$(PY) bench/rms_norm.py
+	$(PY) bench/attention_core.py
 	$(PY) bench/parallel.py
 
 clean:

@@ -43,9 +43,9 @@ def _openmp_link_flags() -> List[str]:
     process each keep their idle threads spinning after a parallel region, and on two cores with two
     threads each they took the cores from each other: a hidden-256 rollout took 2.7 s at 2 threads against
     0.68 s at 1 thread. With one runtime (one thread pool) it takes 0.6 s. A Paddle without libiomp5 (an
-    OpenBLAS build) links libgomp as before."""
+    OpenBLAS build) links libgomp as before; so does ``ALIGNMENT_OPS_OPENMP=gomp``."""
     libs = Path(paddle.__file__).resolve().parent / "libs"
-    if (libs / "libiomp5.so").exists():
+    if (libs / "libiomp5.so").exists() and os.environ.get("ALIGNMENT_OPS_OPENMP", "iomp") != "gomp":
         return [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"]
     return ["-fopenmp"]
 
