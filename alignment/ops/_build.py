@@ -37,20 +37,38 @@ NAME = "alignment_ops"
 CXX_FLAGS = ["-O3", "-fopenmp", "-march=native", "-std=c++17"]
 
 
-def _openmp_link_flags() -> List[str]:
-    """Link the kernels' OpenMP calls to the runtime Paddle's MKL runs on (``paddle/libs/libiomp5.so``, which
-    also implements GCC's ``GOMP_*`` entry points) instead of GCC's libgomp. Two OpenMP runtimes in one
-    process each keep their idle threads spinning after a parallel region, and on two cores with two
-    threads each they took the cores from each other: a hidden-256 rollout took 2.7 s at 2 threads against
-    0.68 s at 1 thread. With one runtime (one thread pool) it takes 0.6 s. A Paddle without libiomp5 (an
-    OpenBLAS build) links libgomp as before; so does ``ALIGNMENT_OPS_OPENMP=gomp``."""
-    libs = Path(paddle.__file__).resolve().parent / "libs"
-    if (libs / "libiomp5.so").exists() and os.environ.get("ALIGNMENT_OPS_OPENMP", "iomp") != "gomp":
+def openmp_runtime() -> str:
+    """The OpenMP runtime the kernels link: ``"iomp"`` (Paddle's ``paddle/libs/libiomp5.so``, the runtime MKL
+    runs on, which also implements GCC's ``GOMP_*`` entry points) or ``"gomp"`` (GCC's libgomp).
+
+    Two OpenMP runtimes in one process each keep their idle threads spinning after a parallel region; on two
+    cores with two threads each they took the cores from each other (a hidden-256 rollout: 2.7 s at 2 threads
+    against 0.68 s at 1 thread; 0.6 s with one runtime). With one thread per process (Paddle's default, every
+    ``paddle.distributed.launch`` rank) nothing spins and libgomp is kept: it is what the kernels always ran
+    on there (a 4-process run on 2 cores aborted once in six with libiomp5, never in six with libgomp; not
+    explained). So ``ALIGNMENT_OPS_OPENMP`` = ``auto`` (default): libiomp5 when ``alignment.ops.num_threads()``
+    is above 1 at the first use of the operators, else libgomp; ``iomp`` / ``gomp`` force one. A Paddle
+    without libiomp5 (an OpenBLAS build) always gets libgomp. Each choice is its own cached build."""
+    choice = os.environ.get("ALIGNMENT_OPS_OPENMP", "auto").strip().lower()
+    if choice not in ("auto", "iomp", "gomp"):
+        raise ValueError(f"ALIGNMENT_OPS_OPENMP={choice!r} is not valid; allowed values: auto, iomp, gomp")
+    if not (Path(paddle.__file__).resolve().parent / "libs" / "libiomp5.so").exists():
+        return "gomp"
+    if choice == "auto":
+        from alignment.ops import num_threads
+
+        return "iomp" if num_threads() > 1 else "gomp"
+    return choice
+
+
+def link_flags() -> List[str]:
+    """Linker flags of the operator library for ``openmp_runtime()``."""
+    if openmp_runtime() == "iomp":
+        libs = Path(paddle.__file__).resolve().parent / "libs"
         return [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"]
     return ["-fopenmp"]
 
 
-LD_FLAGS = _openmp_link_flags()
 CUDA_FLAGS = ["-O3", "-DALIGNMENT_WITH_CUDA"]
 
 
@@ -101,7 +119,7 @@ def _cache_key() -> str:
     for path in sorted(p for p in CSRC.rglob("*") if p.is_file() and "tests" not in p.relative_to(CSRC).parts):
         h.update(str(path.relative_to(CSRC)).encode())
         h.update(path.read_bytes())
-    for part in (paddle.__version__, sys.version, str(_with_cuda()), " ".join(CXX_FLAGS + CUDA_FLAGS + LD_FLAGS),
+    for part in (paddle.__version__, sys.version, str(_with_cuda()), " ".join(CXX_FLAGS + CUDA_FLAGS + link_flags()),
                  _cpu_model()):
         h.update(part.encode())
     return h.hexdigest()[:16]
@@ -135,7 +153,7 @@ def compile_into(target: Path) -> Path:
             sources=[str(s) for s in _sources()],
             extra_cxx_cflags=CXX_FLAGS + [f"-I{CSRC}"] + (["-DALIGNMENT_WITH_CUDA"] if _with_cuda() else []),
             extra_cuda_cflags=CUDA_FLAGS + [f"-I{CSRC}"],
-            extra_ldflags=LD_FLAGS,
+            extra_ldflags=link_flags(),
             build_directory=str(staging),
             verbose=bool(os.environ.get("ALIGNMENT_OPS_VERBOSE")),
         )
@@ -150,7 +168,8 @@ def compile_into(target: Path) -> Path:
 
 
 def _compile_in_child(target: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CSRC.parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CSRC.parent), os.environ.get("PYTHONPATH", "")]),
+               ALIGNMENT_OPS_OPENMP=openmp_runtime())  # the child links what this process chose
     proc = subprocess.run([sys.executable, str(CSRC / "build.py"), "--target", str(target)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:

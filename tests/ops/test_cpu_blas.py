@@ -45,22 +45,54 @@ def test_import_alignment_sets_it_in_the_process_and_its_children():
     assert out.stdout.strip().splitlines()[-1] == "None"
 
 
-def test_the_kernels_share_mkls_openmp_runtime(ops_library):
-    """The operator library links Paddle's libiomp5 (MKL's OpenMP runtime), not GCC's libgomp: two runtimes
-    keep each other's idle threads spinning on the same cores (alignment.ops._build._openmp_link_flags)."""
+def test_openmp_runtime_follows_the_thread_count_and_the_switch(monkeypatch):
+    """libiomp5 (MKL's runtime) where the operators run more than one thread, libgomp otherwise or when asked
+    (alignment.ops._build.openmp_runtime); each choice is its own cached build."""
+    from pathlib import Path
+
+    import paddle
+    import pytest
+
+    from alignment import ops
+    from alignment.ops import _build
+
+    if not (Path(paddle.__file__).resolve().parent / "libs" / "libiomp5.so").exists():
+        pytest.skip("this Paddle ships no libiomp5 (the kernels always link libgomp)")
+    monkeypatch.delenv("ALIGNMENT_OPS_OPENMP", raising=False)
+    monkeypatch.setitem(ops._SWITCH, "threads", 1)
+    assert _build.openmp_runtime() == "gomp" and _build.link_flags() == ["-fopenmp"]
+    gomp_dir = _build.build_directory()
+    monkeypatch.setitem(ops._SWITCH, "threads", 2)
+    assert _build.openmp_runtime() == "iomp" and "-l:libiomp5.so" in _build.link_flags()
+    assert _build.build_directory() != gomp_dir
+    monkeypatch.setenv("ALIGNMENT_OPS_OPENMP", "gomp")
+    assert _build.openmp_runtime() == "gomp"
+    monkeypatch.setitem(ops._SWITCH, "threads", 1)
+    monkeypatch.setenv("ALIGNMENT_OPS_OPENMP", "iomp")
+    assert _build.openmp_runtime() == "iomp"
+    monkeypatch.setenv("ALIGNMENT_OPS_OPENMP", "intel")
+    with pytest.raises(ValueError, match="allowed values: auto, iomp, gomp"):
+        _build.openmp_runtime()
+
+
+def test_a_two_thread_build_links_libiomp5_only(tmp_path):
+    """The library built for a two-thread process needs libiomp5 and not libgomp (readelf's NEEDED entries)."""
     import shutil
     from pathlib import Path
 
     import paddle
     import pytest
 
-    from alignment.ops import _build
-
     if not (Path(paddle.__file__).resolve().parent / "libs" / "libiomp5.so").exists():
-        pytest.skip("this Paddle ships no libiomp5 (the kernels link libgomp)")
-    assert "-l:libiomp5.so" in _build.LD_FLAGS and "-fopenmp" not in _build.LD_FLAGS
+        pytest.skip("this Paddle ships no libiomp5")
     if shutil.which("readelf") is None:
         pytest.skip("no readelf to read the library's NEEDED entries")
-    out = subprocess.run(["readelf", "-d", str(ops_library.path)], capture_output=True, text=True, check=True).stdout
-    needed = [line.split("[")[-1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+    code = ("import alignment; from alignment import ops; from alignment.ops import _build; ops.set_num_threads(2);"
+            "lib = _build.load_ops(); print(lib.path if lib else 'NONE')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    path = out.stdout.strip().splitlines()[-1]
+    if path == "NONE":
+        pytest.skip("the operators cannot be built here")
+    elf = subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
+    needed = [line.split("[")[-1].rstrip("]") for line in elf.splitlines() if "(NEEDED)" in line]
     assert "libiomp5.so" in needed and not any(n.startswith("libgomp") for n in needed), needed
