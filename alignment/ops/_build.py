@@ -45,7 +45,7 @@ def openmp_runtime() -> str:
     cores with two threads each they took the cores from each other (a hidden-256 rollout: 2.7 s at 2 threads
     against 0.68 s at 1 thread; 0.6 s with one runtime). With one thread per process (Paddle's default, every
     ``paddle.distributed.launch`` rank) nothing spins and libgomp is kept: it is what the kernels always ran
-    on there (a 4-process run on 2 cores aborted once in six with libiomp5, never in six with libgomp; not
+    on there (a 4-process run on 2 cores aborted in 2 of 8 tries with libiomp5, in none of 4 with libgomp; not
     explained). So ``ALIGNMENT_OPS_OPENMP`` = ``auto`` (default): libiomp5 when ``alignment.ops.num_threads()``
     is above 1 at the first use of the operators, else libgomp; ``iomp`` / ``gomp`` force one. A Paddle
     without libiomp5 (an OpenBLAS build) always gets libgomp. Each choice is its own cached build."""
