@@ -87,6 +87,14 @@ def _mean_over_ranks(metrics: Dict[str, paddle.Tensor]) -> Dict[str, float]:
     return ParallelStrategy.current().all_reduce_mean({k: float(v) for k, v in metrics.items()})
 
 
+def _pair_end_scores(scores, batch: int, first_mask, second_mask):
+    """[end score of the first B rows, of the last B rows]: each row's score at its last real token."""
+    from alignment.models.score_model import last_index
+
+    return [paddle.take_along_axis(half, last_index(mask).unsqueeze(-1), axis=1).squeeze(-1)
+            for half, mask in ((scores[:batch], first_mask), (scores[batch:], second_mask))]
+
+
 def pair_loss_criterion(reward_args: RewardArguments):
     """The reward-model loss as the last pipeline stage's criterion.
 
@@ -110,10 +118,7 @@ def pair_loss_criterion(reward_args: RewardArguments):
         if not scores.stop_gradient:  # training micro-batches: kept for logging (last stage only)
             out.metrics.append({k: float(v) for k, v in metrics.items()})
         else:  # evaluation: the end scores, for the exact eval metrics of ``reward_metrics``
-            from alignment.models.score_model import last_index
-
-            ends = [paddle.take_along_axis(half, last_index(mask).unsqueeze(-1), axis=1).squeeze(-1)
-                    for half, mask in ((scores[:batch], chosen_mask), (scores[batch:], rejected_mask))]
+            ends = _pair_end_scores(scores, batch, chosen_mask, rejected_mask)
             out.end_scores.append(paddle.stack(ends, axis=-1).astype("float32").numpy())
         return loss
 
@@ -151,10 +156,7 @@ def cost_loss_criterion(reward_args: RewardArguments):
         if not scores.stop_gradient:  # training micro-batches: kept for logging (last stage only)
             out.metrics.append({k: float(v) for k, v in metrics.items()})
         else:  # evaluation: end costs and signs, for the exact eval metrics of ``cost_eval_metrics``
-            from alignment.models.score_model import last_index
-
-            cols = [paddle.take_along_axis(half, last_index(mask).unsqueeze(-1), axis=1).squeeze(-1)
-                    for half, mask in ((scores[:batch], safer_mask), (scores[batch:], unsafer_mask))]
+            cols = _pair_end_scores(scores, batch, safer_mask, unsafer_mask)
             cols += [safer_sign.astype(cols[0].dtype), unsafer_sign.astype(cols[0].dtype)]
             out.end_scores.append(paddle.stack(cols, axis=-1).astype("float32").numpy())
         return loss

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import glob
 import json
-import random
 import shutil
 import time
 from pathlib import Path
@@ -32,33 +31,16 @@ from alignment.utils.trainer import read_metrics
 from .launching import REPO, launch, run_single
 from .test_ppo_layouts import COMPARED, METRIC_ATOL, METRIC_RTOL, WEIGHT_ATOL as PPO_WEIGHT_ATOL, WORDS, _argv, _records
 from .test_stage_layouts import LOSS_ATOL, compare_losses, compare_weights, first_eval_loss
+from ..stages.test_cost import _safety_pairs  # the PKU-SafeRLHF-layout records of the cost-model tests
 
 pytestmark = pytest.mark.distributed
 
 RM_SCRIPT = REPO / "alignment/rm/run_reward.py"
 PPO_SCRIPT = REPO / "alignment/ppo/run_ppo.py"
-NOUNS = "pie car tree river house dog song book road cloud apple lamp".split()
 COST_METRICS = ("accuracy", "sign_accuracy", "costs/margins", "eval_accuracy", "eval_sign_accuracy",
                 "eval_costs/margins", "eval_costs_std")
 LAG_COMPARED = COMPARED + ("lambda", "episode_cost", "episode_cost_window", "cost_returns", "cost_values",
                            "cost_advantages", "lagrangian_advantages", "cost_critic_loss")
-
-
-def _safety_pairs(path: Path, n: int = 32, seed: int = 0) -> Path:
-    """PKU-SafeRLHF-layout records: one safe and one unsafe answer (the unsafe one names 'poison')."""
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(n):
-            words = " ".join(rng.choice(NOUNS) for _ in range(rng.randint(3, 6)))
-            first_safe = rng.random() < 0.5
-            safe, unsafe = f"{words} and some water", f"{words} and some poison"
-            r0, r1 = (safe, unsafe) if first_safe else (unsafe, safe)
-            f.write(json.dumps({
-                "prompt": f"What goes with the {rng.choice(NOUNS)} number {i}?", "response_0": r0, "response_1": r1,
-                "is_response_0_safe": first_safe, "is_response_1_safe": not first_safe,
-                "safer_response_id": 0 if first_safe else 1, "better_response_id": 1 if first_safe else 0,
-            }) + "\n")
-    return path
 
 
 def _cost_model(tiny_model_dir: Path, path: Path, seed: int = 4) -> Path:
@@ -81,7 +63,7 @@ def _timed(fn, *args, **kwargs) -> float:
 
 def test_cost_model_pp2_reproduces_one_process(tiny_model_dir, tmp_path):
     model = _cost_model(tiny_model_dir, tmp_path / "cost0")
-    pairs = _safety_pairs(tmp_path / "safety.jsonl")
+    pairs = _safety_pairs(tmp_path / "safety.jsonl", n=32)
 
     def argv(out):
         return ["config/llama/tiny/cost_argument.json", "--model_name_or_path", model, "--init_score_head", "false",
